@@ -1,0 +1,18 @@
+"""adder_mm: AdderNets (Chen et al., CVPR 2020) for OpenMMLab.
+
+``adder_mm.ops`` needs torch alone. When MMEngine is installed, importing
+adder_mm also registers the models, optimizer constructor and datasets into
+the OpenMMLab registries and allow-lists MMEngine's checkpoint classes for
+``torch.load(weights_only=True)``.
+"""
+import importlib.util
+
+from .version import __version__
+
+__all__ = ['__version__']
+
+if importlib.util.find_spec('mmengine') is not None:
+    from .utils import register_checkpoint_safe_globals
+    register_checkpoint_safe_globals()
+    from . import datasets, engine, models  # noqa: F401,E402  (registration)
+    __all__ += ['datasets', 'engine', 'models']

@@ -1,0 +1,3 @@
+from .layers import AdderConv2d
+
+__all__ = ['AdderConv2d']

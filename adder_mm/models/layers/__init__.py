@@ -1,0 +1,3 @@
+from .adder_conv import AdderConv2d
+
+__all__ = ['AdderConv2d']

@@ -1,0 +1,86 @@
+"""AdderConv2d: the AdderNet layer as a drop-in for nn.Conv2d."""
+import torch
+import torch.nn as nn
+from torch.nn.modules.utils import _pair
+from mmengine.registry import MODELS
+
+from adder_mm.ops import adder2d
+
+
+@MODELS.register_module('Adder')
+@MODELS.register_module()
+class AdderConv2d(nn.Module):
+    """Negative L1 distance between each filter and each input patch.
+
+    Same arguments as ``nn.Conv2d`` (no padding_mode: zero padding only, which
+    takes part in the distance as in the paper's code). Registered in
+    MMEngine's root MODELS as ``AdderConv2d`` and ``Adder`` so that
+    ``conv_cfg=dict(type='Adder')`` works in mmcv's ``build_conv_layer``.
+
+    Shapes: input [N, in_channels, H, W] -> output [N, out_channels, Ho, Wo],
+    with Ho, Wo as for nn.Conv2d. ``weight``: [out_channels,
+    in_channels // groups, kh, kw], initialised standard normal (paper's code).
+    """
+
+    def __init__(self,
+                 in_channels,
+                 out_channels,
+                 kernel_size,
+                 stride=1,
+                 padding=0,
+                 dilation=1,
+                 groups=1,
+                 bias=False,
+                 device=None,
+                 dtype=None):
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f'AdderConv2d: groups={groups} must divide in_channels '
+                f'({in_channels}) and out_channels ({out_channels})')
+        if isinstance(padding, str):
+            raise ValueError('AdderConv2d: string padding is not supported; '
+                             'pass an int or a pair')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        # Read by mmcv's ConvModule and other conv-introspecting code.
+        self.transposed = False
+        self.output_padding = (0, 0)
+        self.padding_mode = 'zeros'
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups,
+                        *self.kernel_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter('bias', None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Standard normal weights and zero bias, as in the paper's code."""
+        nn.init.normal_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        return adder2d(x, self.weight, self.bias, self.stride, self.padding,
+                       self.dilation, self.groups)
+
+    def extra_repr(self):
+        s = (f'{self.in_channels}, {self.out_channels}, '
+             f'kernel_size={self.kernel_size}, stride={self.stride}')
+        if self.padding != (0, 0):
+            s += f', padding={self.padding}'
+        if self.dilation != (1, 1):
+            s += f', dilation={self.dilation}'
+        if self.groups != 1:
+            s += f', groups={self.groups}'
+        if self.bias is None:
+            s += ', bias=False'
+        return s

@@ -1,0 +1,5 @@
+"""adder_mm.ops: the adder2d op and its compiled kernels (depends on torch only)."""
+from .adder2d import Adder2dFunction, adder2d, adder2d_reference
+from .ext_loader import ext_info
+
+__all__ = ['adder2d', 'adder2d_reference', 'Adder2dFunction', 'ext_info']

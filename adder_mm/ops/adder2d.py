@@ -1,0 +1,217 @@
+"""adder2d: the AdderNet layer as a functional op with autograd (torch only).
+
+    Y[n,o,h,w] = -sum_{c in group(o), i, j} |X_pad[n,c,h*s0+i*d0,w*s1+j*d1] - W[o,c,i,j]| + bias[o]
+
+Zero padding takes part (a padded tap adds |W|). Backward follows the paper:
+the full-precision filter gradient (X - W) and the HardTanh input gradient
+clamp(W - X, -1, 1); no adaptive scaling here (that is the optimizer's job).
+"""
+import warnings
+
+import torch
+
+from . import reference
+from .ext_loader import load_ext
+
+# dtypes each device's compiled kernels accept; others use the reference.
+_EXT_DTYPES = {
+    'cpu': (torch.float32, torch.float64),
+    'cuda': (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+_warned_dtypes = set()
+
+
+def _ext_for(x):
+    """The extension module if it has a kernel for x's device and dtype."""
+    ext = load_ext()
+    if ext is None:
+        return None
+    dev = x.device.type
+    if dev == 'cuda' and not ext.with_cuda():
+        return None
+    if x.dtype not in _EXT_DTYPES.get(dev, ()):
+        key = (dev, x.dtype)
+        if key not in _warned_dtypes:
+            _warned_dtypes.add(key)
+            warnings.warn(
+                f'adder2d: no compiled {dev} kernel for {x.dtype}; using the '
+                'pure-PyTorch reference (slow)', RuntimeWarning, stacklevel=3)
+        return None
+    return ext
+
+
+def _grad_weight(grad_out, x, w, stride, padding, dilation, groups):
+    """gW = conv2d weight-gradient(X, G) - W * sum_{n,h,w} G (exact).
+
+    The vendor weight gradient (oneDNN / cuDNN) computes sum_p X_col * G
+    with zero padding included, which is the first half of sum (X - W) G.
+    """
+    _, gw, _ = torch.ops.aten.convolution_backward(
+        grad_out, x, w, None, list(stride), list(padding), list(dilation),
+        False, [0, 0], groups, [False, True, False])
+    # Half-precision sums accumulate in float32, as the kernels do.
+    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+    gsum = grad_out.sum(dim=(0, 2, 3), dtype=acc)
+    return (gw.to(acc) - w.to(acc) * gsum.view(-1, 1, 1, 1)).to(w.dtype)
+
+
+class Adder2dFunction(torch.autograd.Function):
+    """One autograd Function over the compiled kernels (or the reference)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
+        x = x.contiguous()
+        w = w.contiguous()
+        ext = _ext_for(x)
+        if ext is not None:
+            out = ext.adder2d_forward(x, w, b, list(stride), list(padding),
+                                      list(dilation), groups)
+        else:
+            out = reference.forward(x, w, stride, padding, dilation, groups)
+            if b is not None:
+                out = out + b.view(1, -1, 1, 1)
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        g = g.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            ext = _ext_for(x)
+            if ext is not None:
+                gx = ext.adder2d_backward_input(g, x, w, list(stride),
+                                                list(padding), list(dilation),
+                                                groups)
+            else:
+                gx = reference.grad_input(g, x, w, stride, padding, dilation,
+                                          groups)
+        if ctx.needs_input_grad[1]:
+            gw = _grad_weight(g, x, w, stride, padding, dilation, groups)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(dim=(0, 2, 3))
+        return gx, gw, gb, None, None, None, None
+
+
+def _check_args(x, w, b, stride, padding, dilation, groups):
+    """Validate adder2d arguments; returns (stride, padding, dilation) pairs."""
+    for name, t in (('input', x), ('weight', w)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'adder2d: {name} must be a torch.Tensor, got '
+                            f'{type(t).__name__}')
+    if x.dim() != 4:
+        raise ValueError('adder2d: expected a 4-D input [N, C, H, W], got '
+                         f'shape {tuple(x.shape)}')
+    if w.dim() != 4:
+        raise ValueError('adder2d: expected a 4-D weight [O, C/groups, kh, kw], '
+                         f'got shape {tuple(w.shape)}')
+    if not x.is_floating_point() or not w.is_floating_point():
+        raise TypeError('adder2d: input and weight must be floating point, got '
+                        f'{x.dtype} and {w.dtype}')
+    if x.dtype != w.dtype:
+        raise TypeError(f'adder2d: input dtype {x.dtype} does not match weight '
+                        f'dtype {w.dtype}')
+    if x.device != w.device:
+        raise ValueError(f'adder2d: input is on {x.device} but weight is on '
+                         f'{w.device}')
+    stride = reference._pair(stride, 'stride')
+    padding = reference._pair(padding, 'padding')
+    dilation = reference._pair(dilation, 'dilation')
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f'adder2d: groups must be a positive int, got {groups!r}')
+    if min(stride) < 1:
+        raise ValueError(f'adder2d: stride must be positive, got {stride}')
+    if min(dilation) < 1:
+        raise ValueError(f'adder2d: dilation must be positive, got {dilation}')
+    if min(padding) < 0:
+        raise ValueError(f'adder2d: padding must be non-negative, got {padding}')
+    c, o = x.shape[1], w.shape[0]
+    if c % groups or o % groups:
+        raise ValueError(f'adder2d: groups={groups} must divide both input '
+                         f'channels ({c}) and output channels ({o})')
+    if w.shape[1] * groups != c:
+        raise ValueError(
+            f'adder2d: input has {c} channels but weight expects '
+            f'{w.shape[1] * groups} (weight.shape[1]={w.shape[1]} x '
+            f'groups={groups})')
+    kh, kw = w.shape[2:]
+    if kh < 1 or kw < 1:
+        raise ValueError(f'adder2d: empty kernel {tuple(w.shape[2:])}')
+    span_h = dilation[0] * (kh - 1) + 1
+    span_w = dilation[1] * (kw - 1) + 1
+    ph, pw = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
+    if span_h > ph or span_w > pw:
+        raise ValueError(
+            f'adder2d: kernel {kh}x{kw} (dilated extent {span_h}x{span_w}) is '
+            f'larger than the padded input {ph}x{pw}')
+    if b is not None:
+        if not isinstance(b, torch.Tensor) or b.shape != (o, ):
+            raise ValueError(f'adder2d: bias must be a tensor of shape ({o},), '
+                             f'got {getattr(b, "shape", type(b).__name__)}')
+        if b.dtype != x.dtype or b.device != x.device:
+            raise TypeError('adder2d: bias must have the dtype and device of '
+                            f'the input ({x.dtype}, {x.device}), got '
+                            f'{b.dtype}, {b.device}')
+    return stride, padding, dilation
+
+
+def _autocast(x, w, b):
+    """Cast like conv2d under autocast (CPU kernels compute in float32)."""
+    dev = x.device.type
+    if dev not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dev):
+        return x, w, b, False
+    dtype = torch.get_autocast_dtype(dev) if dev == 'cuda' else torch.float32
+    cast = [t if t is None or not t.is_floating_point() else t.to(dtype)
+            for t in (x, w, b)]
+    return cast[0], cast[1], cast[2], True
+
+
+def adder2d(input, weight, bias=None, stride=1, padding=0, dilation=1,
+            groups=1):
+    """AdderNet 2-D layer: negative L1 distance of each filter to each patch.
+
+    Args:
+        input (Tensor): [N, C, H, W], floating point.
+        weight (Tensor): [O, C/groups, kh, kw], same dtype and device.
+        bias (Tensor, optional): [O].
+        stride, padding, dilation (int or pair): as in F.conv2d.
+        groups (int): as in F.conv2d.
+
+    Returns:
+        Tensor: [N, O, Ho, Wo] in the input dtype (Ho, Wo as for conv2d).
+    """
+    input, weight, bias, autocast = _autocast(input, weight, bias)
+    stride, padding, dilation = _check_args(input, weight, bias, stride,
+                                            padding, dilation, groups)
+    channels_last = (input.dim() == 4 and not input.is_contiguous()
+                     and input.is_contiguous(memory_format=torch.channels_last))
+    if autocast:
+        with torch.autocast(input.device.type, enabled=False):
+            out = Adder2dFunction.apply(input, weight, bias, stride, padding,
+                                        dilation, groups)
+    else:
+        out = Adder2dFunction.apply(input, weight, bias, stride, padding,
+                                    dilation, groups)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def adder2d_reference(input, weight, bias=None, stride=1, padding=0,
+                      dilation=1, groups=1):
+    """adder2d in plain PyTorch, gradients from the paper's formulas.
+
+    Same arguments and result as :func:`adder2d`; chunked so it never holds a
+    [O, K, N*Ho*Wo] temporary in full. The fallback and the tests' oracle.
+    """
+    stride, padding, dilation = _check_args(input, weight, bias, stride,
+                                            padding, dilation, groups)
+    out = reference.Adder2dReferenceFunction.apply(input, weight, stride,
+                                                   padding, dilation, groups)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out

@@ -1,0 +1,138 @@
+"""Pure-PyTorch adder2d: the fallback of the compiled ops and the tests' oracle.
+
+Computes the formulas of the paper directly on im2col columns, in chunks, so it
+never holds the [Cout, K, N*Ho*Wo] temporary of the paper's code in full
+(K = Cin/groups * kh * kw).
+"""
+import torch
+import torch.nn.functional as F
+
+# Elements of one broadcast temporary [o, K, p]; 2**22 floats = 16 MiB.
+_CHUNK_ELEMS = 1 << 22
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) == 1:
+        return (v[0], v[0])
+    if len(v) != 2 or not all(isinstance(i, int) for i in v):
+        raise ValueError(f'adder2d: {name} must be an int or a pair of ints, '
+                         f'got {v!r}')
+    return v
+
+
+def out_size(in_size, k, stride, pad, dil):
+    """Output extent along one axis, as for conv2d."""
+    return (in_size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def _chunks(total, size):
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _columns(x, kernel, stride, padding, dilation, groups):
+    """im2col of x, per group: [G, N, K, L] (zero padding included)."""
+    n, c = x.shape[:2]
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding,
+                    stride=stride)  # [N, C*kh*kw, L]
+    return cols.view(n, groups, -1, cols.shape[-1]).transpose(0, 1)
+
+
+def _chunk_sizes(o, k, p):
+    pc = max(1, min(p, _CHUNK_ELEMS // max(1, k)))
+    oc = max(1, min(o, _CHUNK_ELEMS // max(1, k * pc)))
+    return oc, pc
+
+
+def forward(x, w, stride, padding, dilation, groups):
+    """Y[n,o,h,w] = -sum |X_pad patch - W[o]|: [N, O, Ho, Wo], no bias."""
+    n, _, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    ho = out_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = out_size(wd, kw, stride[1], padding[1], dilation[1])
+    cols = _columns(x, (kh, kw), stride, padding, dilation, groups)
+    og = o // groups
+    k = cols.shape[2]
+    wg = w.reshape(groups, og, k)
+    out = x.new_empty(groups, og, n, ho * wo)
+    for g in range(groups):
+        xg = cols[g].transpose(0, 1).reshape(k, -1)  # [K, N*L]
+        oc, pc = _chunk_sizes(og, k, xg.shape[1])
+        for p0, p1 in _chunks(xg.shape[1], pc):
+            xs = xg[:, p0:p1].unsqueeze(0)  # [1, K, p]
+            for o0, o1 in _chunks(og, oc):
+                ws = wg[g, o0:o1].unsqueeze(2)  # [o, K, 1]
+                out[g, o0:o1].view(o1 - o0, -1)[:, p0:p1] = \
+                    -(xs - ws).abs().sum(1)
+    return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
+
+
+def grad_weight(grad_out, x, w, stride, padding, dilation, groups):
+    """gW[o,k] = sum_p (X_col[k,p] - W[o,k]) * G[o,p] (padded taps count)."""
+    n = x.shape[0]
+    o = w.shape[0]
+    og = o // groups
+    cols = _columns(x, w.shape[2:], stride, padding, dilation, groups)
+    k = cols.shape[2]
+    gout = grad_out.reshape(n, groups, og, -1).permute(1, 2, 0, 3)
+    gout = gout.reshape(groups, og, -1)  # [G, og, N*L]
+    wg = w.reshape(groups, og, k)
+    gw = torch.zeros_like(wg)
+    for g in range(groups):
+        xg = cols[g].transpose(0, 1).reshape(k, -1)
+        oc, pc = _chunk_sizes(og, k, xg.shape[1])
+        for p0, p1 in _chunks(xg.shape[1], pc):
+            xs = xg[:, p0:p1].unsqueeze(0)
+            for o0, o1 in _chunks(og, oc):
+                diff = xs - wg[g, o0:o1].unsqueeze(2)  # [o, K, p]
+                gw[g, o0:o1] += (diff * gout[g, o0:o1, None, p0:p1]).sum(2)
+    return gw.reshape(w.shape)
+
+
+def grad_input(grad_out, x, w, stride, padding, dilation, groups):
+    """gX = fold(sum_o clamp(W[o,k] - X_col[k,p], -1, 1) * G[o,p])."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    og = o // groups
+    cols = _columns(x, (kh, kw), stride, padding, dilation, groups)
+    k, l = cols.shape[2], cols.shape[3]
+    gout = grad_out.reshape(n, groups, og, -1).permute(1, 2, 0, 3)
+    gout = gout.reshape(groups, og, -1)
+    wg = w.reshape(groups, og, k)
+    gcols = x.new_zeros(groups, k, n * l)
+    for g in range(groups):
+        xg = cols[g].transpose(0, 1).reshape(k, -1)
+        oc, pc = _chunk_sizes(og, k, xg.shape[1])
+        for p0, p1 in _chunks(xg.shape[1], pc):
+            xs = xg[:, p0:p1].unsqueeze(0)
+            for o0, o1 in _chunks(og, oc):
+                ht = (wg[g, o0:o1].unsqueeze(2) - xs).clamp_(-1, 1)
+                gcols[g, :, p0:p1] += (ht * gout[g, o0:o1, None, p0:p1]).sum(0)
+    # [G, K, N, L] -> [N, G*K, L]; fold drops the padded taps.
+    gcols = gcols.view(groups, k, n, l).permute(2, 0, 1, 3).reshape(n, -1, l)
+    return F.fold(gcols, (h, wd), (kh, kw), dilation=dilation,
+                  padding=padding, stride=stride)
+
+
+class Adder2dReferenceFunction(torch.autograd.Function):
+    """Autograd of the reference: gradients straight from the formulas."""
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation, groups)
+        return forward(x, w, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g = g.contiguous()
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = grad_input(g, x, w, *ctx.conf)
+        if ctx.needs_input_grad[1]:
+            gw = grad_weight(g, x, w, *ctx.conf)
+        return gx, gw, None, None, None, None

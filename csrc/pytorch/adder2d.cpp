@@ -1,0 +1,163 @@
+// Argument checks and device dispatch of adder2d. The Python layer checks
+// first with friendlier messages; these checks keep direct callers of
+// adder_mm._ext from reaching a kernel with bad shapes.
+#include "adder2d.h"
+
+#include <vector>
+
+namespace adder_mm {
+
+namespace {
+
+std::vector<int64_t> expand_pair(const std::vector<int64_t>& v,
+                                 const char* name) {
+  TORCH_CHECK(v.size() == 1 || v.size() == 2, "adder2d: ", name,
+              " must have 1 or 2 elements, got ", v.size());
+  return v.size() == 1 ? std::vector<int64_t>{v[0], v[0]} : v;
+}
+
+Adder2dParams make_params(const at::Tensor& input, const at::Tensor& weight,
+                          const std::vector<int64_t>& stride_,
+                          const std::vector<int64_t>& padding_,
+                          const std::vector<int64_t>& dilation_,
+                          int64_t groups) {
+  TORCH_CHECK(input.defined() && weight.defined(),
+              "adder2d: input and weight must be defined");
+  TORCH_CHECK(input.dim() == 4, "adder2d: input must be 4-D [N, C, H, W], got ",
+              input.dim(), "-D");
+  TORCH_CHECK(weight.dim() == 4,
+              "adder2d: weight must be 4-D [O, C/groups, KH, KW], got ",
+              weight.dim(), "-D");
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(),
+              "adder2d: input dtype ", input.scalar_type(),
+              " does not match weight dtype ", weight.scalar_type());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              "adder2d: only floating point tensors are supported, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.device() == weight.device(), "adder2d: input is on ",
+              input.device(), " but weight is on ", weight.device());
+  const auto stride = expand_pair(stride_, "stride");
+  const auto padding = expand_pair(padding_, "padding");
+  const auto dilation = expand_pair(dilation_, "dilation");
+  TORCH_CHECK(groups > 0, "adder2d: groups must be positive, got ", groups);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
+              "adder2d: stride must be positive, got (", stride[0], ", ",
+              stride[1], ")");
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
+              "adder2d: dilation must be positive, got (", dilation[0], ", ",
+              dilation[1], ")");
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
+              "adder2d: padding must be non-negative, got (", padding[0], ", ",
+              padding[1], ")");
+
+  Adder2dParams p;
+  p.N = input.size(0);
+  p.C = input.size(1);
+  p.H = input.size(2);
+  p.W = input.size(3);
+  p.O = weight.size(0);
+  p.KH = weight.size(2);
+  p.KW = weight.size(3);
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dil_h = dilation[0];
+  p.dil_w = dilation[1];
+  p.groups = groups;
+  TORCH_CHECK(p.C % groups == 0, "adder2d: input channels ", p.C,
+              " are not divisible by groups ", groups);
+  TORCH_CHECK(p.O % groups == 0, "adder2d: output channels ", p.O,
+              " are not divisible by groups ", groups);
+  TORCH_CHECK(weight.size(1) * groups == p.C, "adder2d: weight expects ",
+              weight.size(1) * groups, " input channels (", weight.size(1),
+              " x groups ", groups, "), input has ", p.C);
+  TORCH_CHECK(p.KH > 0 && p.KW > 0, "adder2d: empty kernel");
+  p.OH = adder_out_size(p.H, p.KH, p.stride_h, p.pad_h, p.dil_h);
+  p.OW = adder_out_size(p.W, p.KW, p.stride_w, p.pad_w, p.dil_w);
+  TORCH_CHECK(p.OH > 0 && p.OW > 0, "adder2d: kernel (", p.KH, "x", p.KW,
+              ", dilation ", p.dil_h, "x", p.dil_w,
+              ") is larger than the padded input (", p.H + 2 * p.pad_h, "x",
+              p.W + 2 * p.pad_w, ")");
+  return p;
+}
+
+bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
+
+[[noreturn]] void no_cuda() {
+  TORCH_CHECK(false,
+              "adder2d: a CUDA tensor was given but adder_mm._ext was built "
+              "without CUDA kernels; rebuild with a CUDA toolkit (FORCE_CUDA=1)");
+}
+
+}  // namespace
+
+at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias,
+                           std::vector<int64_t> stride,
+                           std::vector<int64_t> padding,
+                           std::vector<int64_t> dilation, int64_t groups) {
+  const Adder2dParams p =
+      make_params(input, weight, stride, padding, dilation, groups);
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  auto out = at::empty({p.N, p.O, p.OH, p.OW}, x.options());
+  if (out.numel() > 0) {
+    if (is_cuda(x)) {
+#ifdef ADDER_MM_WITH_CUDA
+      adder2d_forward_cuda(x, w, out, p);
+#else
+      no_cuda();
+#endif
+    } else {
+      adder2d_forward_cpu(x, w, out, p);
+    }
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == p.O,
+                "adder2d: bias must have shape [", p.O, "], got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type() &&
+                    bias->device() == input.device(),
+                "adder2d: bias must match the input's dtype and device");
+    out.add_(bias->view({1, p.O, 1, 1}));
+  }
+  return out;
+}
+
+at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
+                                  const at::Tensor& input,
+                                  const at::Tensor& weight,
+                                  std::vector<int64_t> stride,
+                                  std::vector<int64_t> padding,
+                                  std::vector<int64_t> dilation,
+                                  int64_t groups) {
+  const Adder2dParams p =
+      make_params(input, weight, stride, padding, dilation, groups);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.N &&
+                  grad_out.size(1) == p.O && grad_out.size(2) == p.OH &&
+                  grad_out.size(3) == p.OW,
+              "adder2d: grad_output must have shape [", p.N, ", ", p.O, ", ",
+              p.OH, ", ", p.OW, "], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() &&
+                  grad_out.device() == input.device(),
+              "adder2d: grad_output must match the input's dtype and device");
+  auto g = grad_out.contiguous();
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  auto grad_in = at::empty({p.N, p.C, p.H, p.W}, x.options());
+  if (grad_in.numel() == 0) return grad_in;
+  if (g.numel() == 0) return grad_in.zero_();
+  if (is_cuda(x)) {
+#ifdef ADDER_MM_WITH_CUDA
+    adder2d_backward_input_cuda(g, x, w, grad_in, p);
+#else
+    no_cuda();
+#endif
+  } else {
+    adder2d_backward_input_cpu(g, x, w, grad_in, p);
+  }
+  return grad_in;
+}
+
+}  // namespace adder_mm
