@@ -1,0 +1,150 @@
+"""The paper's adaptive learning rate (Eq. 13) as an optimizer step pre-hook.
+
+For adder layer ``l`` with filter gradient ``g_l`` (``k_l`` elements) the
+optimizer sees ``alpha_l * g_l`` with ``alpha_l = eta * sqrt(k_l) /
+max(||g_l||_2, eps)``: one scalar per layer, recomputed every step.
+
+Running inside ``optimizer.step()`` means it sees exactly the gradient the
+step consumes: after AMP unscaling (GradScaler unscales before calling step,
+and does not call step at all when it found inf/nan), after the last
+micro-batch of gradient accumulation (OptimWrapper only steps then), after
+the DDP all-reduce (done during backward) and after gradient clipping
+(OptimWrapper clips before stepping); and before SGD adds weight decay and
+momentum, which it does inside step.
+"""
+import math
+
+import torch
+
+
+class AdderGradNormalizer:
+    """Rescale adder-layer gradients in place before each optimizer step.
+
+    Args:
+        params (list[tuple[str, torch.nn.Parameter, float]]): ``(name,
+            weight, eta)`` per adder layer; ``name`` is used for logging only.
+        eps (float): Lower bound on the gradient norm, so an all-zero
+            gradient stays zero instead of becoming nan. Defaults to 1e-12.
+        log (bool): Put each layer's ``alpha_l`` into the current MessageHub
+            as ``train/adder_scale/<name>`` every step (one host sync per
+            step). Defaults to False (no host sync at all).
+
+    Attributes:
+        num_steps (int): Steps that were normalised. Steps that AMP's
+            GradScaler skips for inf/nan never reach the hook and are not
+            counted.
+    """
+
+    def __init__(self, params, eps=1e-12, log=False):
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f'AdderGradNormalizer: eps must be a positive '
+                             f'number, got {eps!r}')
+        seen = set()
+        self.names, self.params, self.etas = [], [], []
+        for name, param, eta in params:
+            if not isinstance(param, torch.Tensor):
+                raise TypeError(f'AdderGradNormalizer: {name} is a '
+                                f'{type(param).__name__}, not a tensor')
+            _check_eta(eta, name)
+            if id(param) in seen:  # a weight shared by two layers
+                continue
+            seen.add(id(param))
+            self.names.append(name)
+            self.params.append(param)
+            self.etas.append(float(eta))
+        self.eps = float(eps)
+        self.log = bool(log)
+        self.num_steps = 0
+        self.optimizer = None
+        self._handle = None
+
+    def attach(self, optimizer):
+        """Register on ``optimizer`` as a step pre-hook; returns self."""
+        if self.optimizer is not None:
+            raise RuntimeError('AdderGradNormalizer is already attached to '
+                               'an optimizer')
+        in_optimizer = {id(p) for group in optimizer.param_groups
+                        for p in group['params']}
+        missing = [n for n, p in zip(self.names, self.params)
+                   if id(p) not in in_optimizer]
+        if missing:
+            raise ValueError('AdderGradNormalizer: these adder weights are '
+                             f'not optimised by the optimizer: {missing}')
+        self.optimizer = optimizer
+        self._handle = optimizer.register_step_pre_hook(self)
+        return self
+
+    def detach(self):
+        """Remove the hook from the optimizer."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self.optimizer = None
+
+    @torch.no_grad()
+    def scales(self):
+        """Per-layer ``alpha_l`` for the current gradients, as a 1-D tensor.
+
+        Layers without a gradient get 1. A layer whose gradient norm is not
+        finite also gets 1: its gradient is left as it is, so that an inf/nan
+        is neither hidden nor made worse.
+        """
+        out = []
+        for param, eta in zip(self.params, self.etas):
+            grad = param.grad
+            if grad is None:
+                out.append(torch.ones((), device=param.device))
+                continue
+            # fp32 accumulation: a half-precision sum of squares overflows.
+            norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+            scale = (eta * math.sqrt(grad.numel())) / norm.clamp_min(self.eps)
+            out.append(torch.where(torch.isfinite(norm), scale,
+                                   torch.ones_like(scale)))
+        if not out:
+            return torch.ones(0)
+        devices = {t.device for t in out}
+        if len(devices) > 1:  # model parallel: gather on the first device
+            out = [t.to(out[0].device) for t in out]
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def __call__(self, optimizer, args, kwargs):
+        scales = self.scales()
+        for param, scale in zip(self.params, scales.unbind(0)):
+            if param.grad is not None:
+                param.grad.mul_(scale.to(param.grad.device, param.grad.dtype))
+        self.num_steps += 1
+        if self.log:
+            from mmengine.logging import MessageHub
+            hub = MessageHub.get_current_instance()
+            for name, value in zip(self.names, scales.tolist()):
+                hub.update_scalar(f'train/adder_scale/{name}', value)
+        return None
+
+    # torch.optim.Optimizer pickles only defaults/state/param_groups, so a
+    # deep-copied or unpickled optimizer has no step hooks. The normalizer
+    # travels with the OptimWrapper (as ``adder_grad_normalizer``) and
+    # re-attaches itself to the copied optimizer here.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_handle'] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        optimizer = self.optimizer
+        if optimizer is not None:
+            self.optimizer = None
+            self.attach(optimizer)
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(layers={len(self.params)}, '
+                f'etas={sorted(set(self.etas))}, eps={self.eps}, '
+                f'log={self.log})')
+
+
+def _check_eta(eta, name):
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (
+            math.isfinite(eta) and eta > 0):
+        raise ValueError(f'adder_eta for {name} must be a positive finite '
+                         f'number, got {eta!r}')
