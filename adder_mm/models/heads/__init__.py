@@ -1,0 +1,3 @@
+from .linear_bn_head import LinearBNClsHead
+
+__all__ = ['LinearBNClsHead']
