@@ -161,7 +161,7 @@ def _check_args(x, w, b, stride, padding, dilation, groups):
 
 def _autocast(x, w, b):
     """Cast like conv2d under autocast (CPU kernels compute in float32)."""
-    dev = x.device.type
+    dev = getattr(x, 'device', torch.device('cpu')).type  # _check_args types
     if dev not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dev):
         return x, w, b, False
     dtype = torch.get_autocast_dtype(dev) if dev == 'cuda' else torch.float32
