@@ -1,0 +1,519 @@
+"""Tests of the adder2d op layer (torch + adder_mm.ops only).
+
+An independent float64 oracle, written here from the formulas of the paper
+(shared/PAPER.md), checks the reference; the reference then checks the
+compiled kernels on random shapes (hypothesis).
+"""
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from adder_mm.ops import adder2d, adder2d_reference, ext_info
+from adder_mm.ops import ext_loader, reference
+
+HAS_EXT = ext_info()['cpu']
+needs_ext = pytest.mark.skipif(
+    not HAS_EXT, reason='adder_mm._ext is not built (compiled-kernel tests)')
+
+
+# ---------------------------------------------------------------- the oracle
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def oracle(x, w, b, g, stride=1, padding=0, dilation=1, groups=1):
+    """Forward and the three paper gradients, one kernel tap at a time.
+
+    Written straight from the formulas (no unfold/fold):
+    Y = -sum |X_pad - W| + b, gW = sum (X_pad - W) G,
+    gX = sum clamp(W - X, -1, 1) G over every output reading the pixel,
+    gb = sum G. ``g`` is the upstream gradient [N, O, Ho, Wo].
+    Returns (y, gx, gw, gb) in float64.
+    """
+    x, w, g = x.double(), w.double(), g.double()
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph))
+    y = x.new_zeros(n, o, ho, wo)
+    gw = torch.zeros_like(w)
+    gxp = torch.zeros_like(xp)
+    for grp in range(groups):
+        cs = slice(grp * cg, (grp + 1) * cg)
+        os_ = slice(grp * og, (grp + 1) * og)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+                xs = xp[:, cs, rows, cols]  # [N, cg, Ho, Wo]
+                wt = w[os_, :, i, j]  # [og, cg]
+                diff = xs[:, None] - wt[None, :, :, None, None]  # N,og,cg,.,.
+                gg = g[:, os_, None]  # [N, og, 1, Ho, Wo]
+                y[:, os_] -= diff.abs().sum(2)
+                gw[os_, :, i, j] += (diff * gg).sum((0, 3, 4))
+                gxp[:, cs, rows, cols] += ((-diff).clamp(-1, 1) * gg).sum(1)
+    gb = None
+    if b is not None:
+        y = y + b.double().view(1, -1, 1, 1)
+        gb = g.sum((0, 2, 3))
+    gx = gxp[:, :, ph:ph + h, pw:pw + wd]
+    return y, gx, gw, gb
+
+
+def run_op(fn, x, w, b, g, **conf):
+    """Forward + backward of ``fn`` with upstream gradient g."""
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    if b is not None:
+        b = b.detach().clone().requires_grad_()
+    y = fn(x, w, b, **conf)
+    y.backward(g)
+    return y.detach(), x.grad, w.grad, None if b is None else b.grad
+
+
+def make_case(n, c, o, h, wd, kh, kw, groups, bias, dtype, seed=0,
+              **conf):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, wd, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c // groups, kh, kw, generator=gen, dtype=torch.float64)
+    # Small weights and inputs of similar scale put many taps inside the
+    # HardTanh's linear band and many outside, so both branches are tested.
+    w = w * 0.8
+    b = torch.randn(o, generator=gen, dtype=torch.float64) if bias else None
+    y = adder2d_reference(x, w, b, groups=groups, **conf)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    cast = (lambda t: None if t is None else t.to(dtype))
+    return cast(x), cast(w), cast(b), cast(g)
+
+
+def assert_grads_close(got, want, rtol, atol, what=''):
+    names = ('output', 'grad_input', 'grad_weight', 'grad_bias')
+    for name, a, e in zip(names, got, want):
+        if e is None:
+            assert a is None, f'{what}: unexpected {name}'
+            continue
+        torch.testing.assert_close(a.double(), e.double(), rtol=rtol,
+                                   atol=atol, msg=lambda m: f'{what} {name}: {m}')
+
+
+# ------------------------------------------------------- oracle and reference
+ORACLE_CASES = [
+    # n, c, o, h, w, kh, kw, groups, bias, stride, padding, dilation
+    (2, 3, 4, 5, 6, 3, 3, 1, False, 1, 1, 1),
+    (1, 4, 6, 7, 5, 3, 2, 2, True, (2, 1), (1, 0), (1, 2)),
+    (3, 6, 3, 6, 6, 1, 1, 3, False, 2, 0, 1),
+    (1, 2, 2, 4, 4, 2, 3, 1, True, 1, (2, 1), 2),
+]
+
+
+@pytest.mark.parametrize('case', ORACLE_CASES)
+def test_reference_matches_oracle(case):
+    n, c, o, h, wd, kh, kw, groups, bias, s, p, d = case
+    conf = dict(stride=s, padding=p, dilation=d, groups=groups)
+    x, w, b, g = make_case(n, c, o, h, wd, kh, kw, groups, bias,
+                           torch.float64, stride=s, padding=p, dilation=d)
+    want = oracle(x, w, b, g, **conf)
+    got = run_op(adder2d_reference, x, w, b, g, **conf)
+    assert_grads_close(got, want, 1e-12, 1e-12, 'reference vs oracle')
+    if HAS_EXT:
+        got = run_op(adder2d, x, w, b, g, **conf)
+        assert_grads_close(got, want, 1e-12, 1e-11, 'adder2d vs oracle')
+
+
+def test_oracle_by_hand_one_pixel_with_padding():
+    """1x1 input, 3x3 kernel, padding 1: eight taps read zero padding."""
+    x = torch.tensor([[[[0.7]]]], dtype=torch.float64)
+    w = torch.tensor([[[[0.5, -2.0, 0.25], [1.5, -0.3, 3.0],
+                        [-0.5, 0.75, -1.25]]]], dtype=torch.float64)
+    pads = 0.5 + 2.0 + 0.25 + 1.5 + 3.0 + 0.5 + 0.75 + 1.25  # sum |W| on pads
+    want_y = -(pads + abs(0.7 - (-0.3)))
+    g = torch.tensor([[[[2.0]]]], dtype=torch.float64)
+    # gW = (X_pad - W) * G: -W * G on the pads, (0.7 - W) * G at the centre.
+    want_gw = -w * 2.0
+    want_gw[0, 0, 1, 1] = (0.7 - (-0.3)) * 2.0
+    # gX: only the centre tap reads the real pixel: clamp(-0.3 - 0.7) * G.
+    want_gx = torch.tensor([[[[-1.0 * 2.0]]]], dtype=torch.float64)
+    y, gx, gw, _ = oracle(x, w, None, g, padding=1)
+    for fn in (None, adder2d_reference, adder2d):
+        if fn is not None:
+            y, gx, gw, _ = run_op(fn, x, w, None, g, padding=1)
+        assert y.shape == (1, 1, 1, 1)
+        assert y.item() == pytest.approx(want_y, abs=1e-12)
+        torch.testing.assert_close(gw, want_gw, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gx, want_gx, rtol=0, atol=1e-12)
+
+
+def test_hardtanh_inside_band_and_grad_bias():
+    """|W - X| < 1 gives the unclipped W - X; bias gradient is sum of G."""
+    x = torch.tensor([[[[0.2, -0.1]]]], dtype=torch.float64)
+    w = torch.tensor([[[[0.5]]], [[[-0.4]]]], dtype=torch.float64)
+    b = torch.tensor([0.3, -0.6], dtype=torch.float64)
+    g = torch.tensor([[[[1.0, 2.0]], [[3.0, -1.0]]]], dtype=torch.float64)
+    y, gx, gw, gb = run_op(adder2d, x, w, b, g)
+    torch.testing.assert_close(
+        y, torch.tensor([[[[-0.3 + 0.3, -0.6 + 0.3]],
+                          [[-0.6 - 0.6, -0.3 - 0.6]]]], dtype=torch.float64))
+    # gX[p] = (0.5 - x) * g0 + (-0.4 - x) * g1
+    torch.testing.assert_close(
+        gx, torch.tensor([[[[0.3 * 1 + -0.6 * 3, 0.6 * 2 + -0.3 * -1]]]],
+                         dtype=torch.float64))
+    torch.testing.assert_close(
+        gw.flatten(), torch.tensor([(0.2 - 0.5) * 1 + (-0.1 - 0.5) * 2,
+                                    (0.2 + 0.4) * 3 + (-0.1 + 0.4) * -1],
+                                   dtype=torch.float64))
+    torch.testing.assert_close(gb, torch.tensor([3.0, 2.0],
+                                                dtype=torch.float64))
+
+
+# -------------------------------------------- property-based kernel parity
+@st.composite
+def shapes(draw):
+    groups = draw(st.integers(1, 3))
+    cg = draw(st.integers(1, 3))
+    og = draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    # Smallest input whose padded extent holds the dilated kernel, plus odd
+    # or even extra rows/columns.
+    h = max(1, span[0] - 2 * padding[0]) + draw(st.integers(0, 5))
+    wd = max(1, span[1] - 2 * padding[1]) + draw(st.integers(0, 5))
+    return dict(n=draw(st.integers(1, 3)), c=groups * cg, o=groups * og,
+                h=h, wd=wd, kh=kh, kw=kw, groups=groups,
+                bias=draw(st.booleans()), stride=stride, padding=padding,
+                dilation=dilation, seed=draw(st.integers(0, 2**16)))
+
+
+def _parity(case, dtype):
+    case = dict(case)
+    conf = {k: case.pop(k) for k in ('stride', 'padding', 'dilation')}
+    x, w, b, g = make_case(dtype=dtype, **case, **conf)
+    conf['groups'] = case['groups']
+    got = run_op(adder2d, x, w, b, g, **conf)
+    want = run_op(adder2d_reference, x.double(), w.double(),
+                  None if b is None else b.double(), g.double(), **conf)
+    return got, want, case
+
+
+@needs_ext
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(case=shapes())
+def test_parity_float64(case):
+    got, want, _ = _parity(case, torch.float64)
+    assert_grads_close(got, want, 1e-10, 1e-10, f'float64 {case}')
+
+
+@needs_ext
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(case=shapes())
+def test_parity_float32(case):
+    got, want, c = _parity(case, torch.float32)
+    assert all(t.dtype == torch.float32 for t in got if t is not None)
+    # Terms summed per output: K = C/groups*kh*kw for the forward, about
+    # N*Ho*Wo for grad_weight; fp32 rounding grows with both.
+    y = want[0]
+    terms = c['c'] // c['groups'] * c['kh'] * c['kw'] + y[0, 0].numel() * c['n']
+    assert_grads_close(got, want, 1e-5, 2e-6 * terms, f'float32 {case}')
+
+
+# ------------------------------------------------------------- bad input
+def _xw(**kw):
+    x = torch.randn(kw.get('xs', (1, 4, 5, 5))) * 3
+    w = torch.randn(kw.get('ws', (2, 4, 3, 3))) * 3
+    return (x.to(kw.get('xd', torch.float32)),
+            w.to(kw.get('wd', torch.float32)))
+
+
+BAD_INPUTS = [
+    ('3-D input', dict(xs=(4, 5, 5)), {}, ValueError, '4-D input'),
+    ('5-D weight', dict(ws=(2, 4, 3, 3, 1)), {}, ValueError, '4-D weight'),
+    ('channels vs weight', dict(xs=(1, 5, 5, 5)), {}, ValueError,
+     'input has 5 channels but weight expects 4'),
+    ('groups vs channels', dict(xs=(1, 3, 5, 5), ws=(2, 1, 3, 3)),
+     dict(groups=2), ValueError, r'groups=2 must divide.*\(3\)'),
+    ('groups vs out channels', dict(xs=(1, 4, 5, 5), ws=(3, 2, 3, 3)),
+     dict(groups=2), ValueError, r'groups=2 must divide.*\(3\)'),
+    ('dtype mismatch', dict(wd=torch.float64), {}, TypeError,
+     'input dtype torch.float32 does not match weight dtype torch.float64'),
+    ('integer tensors', dict(xd=torch.int64, wd=torch.int64), {}, TypeError,
+     'floating point'),
+    ('kernel > padded input', dict(xs=(1, 4, 2, 2)), {}, ValueError,
+     'larger than the padded input 2x2'),
+    ('dilated kernel > padded input', dict(xs=(1, 4, 4, 4)),
+     dict(dilation=2, padding=0), ValueError, 'dilated extent 5x5'),
+    ('zero stride', {}, dict(stride=0), ValueError, 'stride must be positive'),
+    ('negative stride', {}, dict(stride=(1, -2)), ValueError,
+     'stride must be positive'),
+    ('negative padding', {}, dict(padding=-1), ValueError,
+     'padding must be non-negative'),
+    ('zero dilation', {}, dict(dilation=(0, 1)), ValueError,
+     'dilation must be positive'),
+    ('zero groups', {}, dict(groups=0), ValueError, 'groups must be a positive'),
+    ('triple stride', {}, dict(stride=(1, 1, 1)), ValueError,
+     'stride must be an int or a pair'),
+    ('bias shape', {}, dict(bias=torch.zeros(3)), ValueError,
+     r'bias must be a tensor of shape \(2,\)'),
+    ('bias dtype', {}, dict(bias=torch.zeros(2, dtype=torch.float64)),
+     TypeError, 'bias must have the dtype and device'),
+]
+
+
+@pytest.mark.parametrize('fn', [adder2d, adder2d_reference],
+                         ids=['adder2d', 'reference'])
+@pytest.mark.parametrize('name,shapes_,conf,exc,match', BAD_INPUTS,
+                         ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input(fn, name, shapes_, conf, exc, match):
+    x, w = _xw(**shapes_)
+    with pytest.raises(exc, match=match):
+        fn(x, w, **conf)
+
+
+def test_bad_input_not_tensor():
+    with pytest.raises(TypeError, match='input must be a torch.Tensor'):
+        adder2d([[1.0]], torch.randn(1, 1, 1, 1))
+
+
+def test_device_mismatch():
+    other = 'cuda' if torch.cuda.is_available() else 'meta'
+    x = torch.randn(1, 2, 4, 4)
+    w = torch.randn(3, 2, 3, 3, device=other)
+    with pytest.raises(ValueError, match=f'input is on cpu but weight is on '
+                       f'{other}'):
+        adder2d(x, w)
+    with pytest.raises(TypeError, match='bias must have the dtype and device'):
+        adder2d(x, torch.randn(3, 2, 3, 3), torch.zeros(3, device=other))
+
+
+@needs_ext
+def test_ext_direct_bad_args_raise():
+    """The C++ entry points check their arguments (TORCH_CHECK)."""
+    from adder_mm import _ext
+    x = torch.randn(1, 4, 5, 5)
+    w = torch.randn(2, 4, 3, 3)
+    one = [1, 1]
+    zero = [0, 0]
+    fwd = _ext.adder2d_forward
+    bad = [
+        ('must be 4-D', lambda: fwd(x[0], w, None, one, zero, one, 1)),
+        ('weight must be 4-D', lambda: fwd(x, w[0], None, one, zero, one, 1)),
+        ('does not match weight dtype', lambda: fwd(x, w.double(), None, one,
+                                                   zero, one, 1)),
+        ('floating point', lambda: fwd(x.long(), w.long(), None, one, zero,
+                                       one, 1)),
+        ('stride must be positive', lambda: fwd(x, w, None, [0, 1], zero, one,
+                                                1)),
+        ('padding must be non-negative', lambda: fwd(x, w, None, one, [-1],
+                                                     one, 1)),
+        ('dilation must be positive', lambda: fwd(x, w, None, one, zero,
+                                                  [1, 0], 1)),
+        ('groups must be positive', lambda: fwd(x, w, None, one, zero, one,
+                                                0)),
+        ('not divisible by groups', lambda: fwd(x, w, None, one, zero, one,
+                                                3)),
+        ('weight expects 8 input channels', lambda: fwd(x, w, None, one, zero,
+                                                        one, 2)),
+        ('larger than the padded input', lambda: fwd(x[..., :2, :2], w, None,
+                                                     one, zero, one, 1)),
+        ('stride must have 1 or 2 elements', lambda: fwd(x, w, None, [1, 1, 1],
+                                                         zero, one, 1)),
+        ('bias must have shape', lambda: fwd(x, w, torch.zeros(3), one, zero,
+                                             one, 1)),
+        ('bias must match', lambda: fwd(x, w, torch.zeros(2).double(), one,
+                                        zero, one, 1)),
+        ('grad_output must have shape', lambda: _ext.adder2d_backward_input(
+            torch.randn(1, 2, 2, 2), x, w, one, zero, one, 1)),
+        ('grad_output must match', lambda: _ext.adder2d_backward_input(
+            torch.randn(1, 2, 3, 3).double(), x, w, one, zero, one, 1)),
+        ('input must be 4-D', lambda: _ext.adder2d_backward_input(
+            torch.randn(1, 2, 3, 3), x[0], w, one, zero, one, 1)),
+    ]
+    for match, call in bad:
+        with pytest.raises(RuntimeError, match=match):
+            call()
+
+
+@needs_ext
+def test_ext_direct_meta_tensors_raise_not_crash():
+    """A tensor without storage must not reach the CPU kernel."""
+    from adder_mm import _ext
+    x = torch.randn(1, 2, 4, 4, device='meta')
+    w = torch.randn(3, 2, 3, 3, device='meta')
+    with pytest.raises(RuntimeError):
+        _ext.adder2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+
+
+# ------------------------------------------------- layouts, edge cases
+@pytest.mark.parametrize('layout', ['transposed', 'sliced', 'channels_last'])
+def test_non_contiguous_inputs(layout):
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 6, 9, 8, generator=gen)
+    if layout == 'transposed':
+        x = base.transpose(2, 3)
+    elif layout == 'sliced':
+        x = base[:, ::2, 1:, :]
+    else:
+        x = base.contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    c = x.shape[1]
+    w = torch.randn(4, c, 3, 2, generator=gen)
+    wt = torch.randn(2, 3, c, 4, generator=gen).permute(3, 2, 1, 0) \
+        if layout == 'transposed' else w  # non-contiguous weight too
+    g = torch.randn(adder2d(x.contiguous(), w, padding=1,
+                            stride=(1, 2)).shape, generator=gen)
+    want = run_op(adder2d, x.contiguous(), wt.contiguous(), None, g,
+                  padding=1, stride=(1, 2))
+    got = run_op(adder2d, x, wt, None, g, padding=1, stride=(1, 2))
+    for a, e in zip(got[:3], want[:3]):
+        assert torch.equal(a, e)
+    if layout == 'channels_last':
+        # the layer keeps the memory format it was given, as conv2d does
+        y = adder2d(x, w, padding=1)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('fn', [adder2d, adder2d_reference],
+                         ids=['adder2d', 'reference'])
+def test_zero_batch(fn):
+    x = torch.randn(0, 4, 6, 6, requires_grad=True)
+    w = torch.randn(5, 4, 3, 3, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    y = fn(x, w, b, stride=2, padding=1)
+    assert y.shape == (0, 5, 3, 3)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    assert torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_deterministic():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 8, 12, 12, generator=gen)
+    w = torch.randn(16, 4, 3, 3, generator=gen)
+    b = torch.randn(16, generator=gen)
+    g = torch.randn(4, 16, 6, 6, generator=gen)
+    runs = [run_op(adder2d, x, w, b, g, stride=2, padding=1, groups=2)
+            for _ in range(2)]
+    for a, e in zip(*runs):
+        assert torch.equal(a, e)
+
+
+def test_resnet20_layer_float32_vs_float64_reference():
+    """A ResNet-20 stage-1 layer (16->16, 3x3, pad 1, 32x32), batch 4."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 16, 32, 32, generator=gen)
+    w = torch.randn(16, 16, 3, 3, generator=gen)
+    g = torch.randn(4, 16, 32, 32, generator=gen)
+    got = run_op(adder2d, x, w, None, g, padding=1)
+    want = run_op(adder2d_reference, x.double(), w.double(), None, g.double(),
+                  padding=1)
+    # |y| ~ K * 1.1 with K = 144; fp32 sums of 144 (forward) and 4096
+    # (grad_weight) terms.
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got[2].double(), want[2], rtol=1e-5, atol=2e-2)
+
+
+# ---------------------------------------------------------- fallback
+def test_ext_info_types():
+    info = ext_info()
+    assert isinstance(info['cpu'], bool) and isinstance(info['cuda'], bool)
+    assert info['cuda'] is False or info['cpu'] is True
+
+
+@needs_ext
+def test_fallback_without_extension(monkeypatch):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, 7, 7, generator=gen, dtype=torch.float64)
+    w = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64)
+    conf = dict(stride=2, padding=1, groups=2)
+    compiled = run_op(adder2d, x, w, b, g, **conf)
+
+    # A fresh process without the extension: importing it fails.
+    monkeypatch.setitem(sys.modules, 'adder_mm._ext', None)
+    monkeypatch.setattr(ext_loader, '_EXT', None)
+    monkeypatch.setattr(ext_loader, '_TRIED', False)
+    monkeypatch.setattr(ext_loader, '_ERROR', None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        fallback = run_op(adder2d, x, w, b, g, **conf)
+        run_op(adder2d, x, w, b, g, **conf)
+        info = ext_info()
+    ours = [m for m in caught if 'adder_mm._ext' in str(m.message)]
+    assert len(ours) == 1, [str(m.message) for m in caught]
+    assert issubclass(ours[0].category, RuntimeWarning)
+    assert 'falling back' in str(ours[0].message)
+    assert info['cpu'] is False and info['cuda'] is False
+    assert info['error']
+    assert_grads_close(fallback, compiled, 1e-12, 1e-11, 'fallback')
+
+
+def test_autocast_cpu_bfloat16_computes_float32():
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 3, 6, 6, generator=gen)
+    w = torch.randn(4, 3, 3, 3, generator=gen, requires_grad=True)
+    want = adder2d(x, w.detach(), padding=1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = adder2d(x, w, padding=1)
+        y_bf = adder2d(x.bfloat16(), w, padding=1)
+    assert y.dtype == torch.float32 and y_bf.dtype == torch.float32
+    assert torch.equal(y, want)
+    torch.testing.assert_close(y_bf, adder2d(x.bfloat16().float(), w.detach(),
+                                             padding=1))
+    y.sum().backward()
+    assert w.grad.dtype == torch.float32
+
+
+# ------------------------------------------------------ reference memory
+class _MaxNumel(TorchDispatchMode):
+    """Records the largest tensor any aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out, )):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize('chunk', [1, 37, 1000, 1 << 22])
+def test_reference_chunking(monkeypatch, chunk):
+    """Results do not depend on the chunk size; small chunks bound memory."""
+    gen = torch.Generator().manual_seed(17)
+    n, c, o, groups = 2, 4, 6, 2
+    x = torch.randn(n, c, 8, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c // groups, 3, 3, generator=gen, dtype=torch.float64)
+    conf = ((1, 1), (1, 1), (1, 1), groups)
+    g = torch.randn(n, o, 8, 8, generator=gen, dtype=torch.float64)
+    want = oracle(x, w, None, g, padding=1, groups=groups)
+    monkeypatch.setattr(reference, '_CHUNK_ELEMS', chunk)
+    mode = _MaxNumel()
+    with mode:
+        y = reference.forward(x, w, *conf)
+        gx = reference.grad_input(g, x, w, *conf)
+        gw = reference.grad_weight(g, x, w, *conf)
+    for a, e in zip((y, gx, gw), want[:3]):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    k = c // groups * 9
+    full = (o // groups) * k * n * 64  # one group's [O, K, N*L] temporary
+    if chunk < full:
+        # the largest tensor is the im2col buffer or an output, never the
+        # full temporary
+        assert mode.max_numel < full
+        assert mode.max_numel <= max(chunk, n * c * 9 * 64, x.numel())
