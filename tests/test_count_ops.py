@@ -48,8 +48,8 @@ def test_tiny_model_per_layer_counts_by_hand():
     torch.manual_seed(0)
     model = Tiny().eval()
     ops = count_ops(model, torch.randn(2, 2, 4, 4))
-    layers = {l.name: l for l in ops.layers}
-    assert [l.name for l in ops.layers] == ['conv', 'adder', 'fc']
+    layers = {layer.name: layer for layer in ops.layers}
+    assert [layer.name for layer in ops.layers] == ['conv', 'adder', 'fc']
 
     # conv: [2,2,4,4] -> [2,3,3,3]: 54 outputs, K = 2*2*2 = 8 terms each.
     conv = layers['conv']
@@ -83,7 +83,8 @@ def test_tiny_model_per_layer_counts_by_hand():
 @pytest.mark.parametrize('layer', ['adder', 'conv'])
 def test_groups_dilation_stride_match_formula_and_mmengine(layer):
     from mmengine.analysis import FlopAnalyzer
-    cin, cout, k, groups, dil, stride, pad, h, w, n = 6, 4, 3, 2, 2, 2, 1, 11, 9, 2
+    cin, cout, k, groups, dil, stride, pad = 6, 4, 3, 2, 2, 2, 1
+    h, w, n = 11, 9, 2
     cls = AdderConv2d if layer == 'adder' else nn.Conv2d
     model = nn.Sequential(cls(cin, cout, k, stride=stride, padding=pad,
                               dilation=dil, groups=groups, bias=False))
@@ -112,8 +113,8 @@ def test_mmengine_get_model_complexity_info_counts_adders(monkeypatch):
     from mmengine.analysis import get_model_complexity_info
     from adder_mm.utils.op_counter import register_mmengine_flop_handle
     # Restore MMEngine's table after the test.
-    monkeypatch.setattr(ca, '_DEFAULT_SUPPORTED_FLOP_OPS',
-                        dict(ca._DEFAULT_SUPPORTED_FLOP_OPS))
+    for table in ('_DEFAULT_SUPPORTED_FLOP_OPS', '_DEFAULT_SUPPORTED_ACT_OPS'):
+        monkeypatch.setattr(ca, table, dict(getattr(ca, table)))
     model = nn.Sequential(AdderConv2d(3, 4, 3, padding=1), nn.Flatten(),
                           nn.Linear(4 * 5 * 5, 2, bias=False))
     with warnings.catch_warnings():
@@ -126,6 +127,9 @@ def test_mmengine_get_model_complexity_info_counts_adders(monkeypatch):
     adder_terms = 4 * 5 * 5 * 3 * 9
     assert before['flops'] == 100 * 2  # the adder was skipped
     assert after['flops'] == adder_terms + 100 * 2
+    # activations: the adder's [1,4,5,5] output joins the linear's [1,2].
+    assert before['activations'] == 2
+    assert after['activations'] == 100 + 2
 
 
 def _resnet_cifar(depth, conv_cfg):
@@ -184,7 +188,7 @@ def test_cifar_resnet_totals_adder_vs_cnn(depth):
     assert adder['mults'] + adder['adds'] == 2 * cnn['mults']
     kinds = res['adder'].totals_by_kind()
     assert kinds['adder']['adds'] == 2 * body
-    n_adder = sum(l.kind == 'adder' for l in res['adder'].layers)
+    n_adder = sum(layer.kind == 'adder' for layer in res['adder'].layers)
     assert n_adder == 6 * blocks + 2  # block convs + two 1x1 shortcuts
     # cross-check the CNN against MMEngine's tracer on a real CPU forward.
     model = _resnet_cifar(depth, None)
@@ -240,7 +244,7 @@ def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, capsys):
         t = m['totals']
         assert t['energy_pj'] == pytest.approx(t['mults'] * e['mult'] +
                                                t['adds'] * e['add'])
-        assert sum(l['adds'] for l in m['layers']) == t['adds']
+        assert sum(layer['adds'] for layer in m['layers']) == t['adds']
         assert sum(g['mults'] for g in m['groups'].values()) == t['mults']
     cmp = doc['comparison']
     assert cmp['energy_saving'] == pytest.approx(
@@ -252,8 +256,8 @@ def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, capsys):
     meta = tool.count_config(ADDER_CFG, (8, 8), device='meta')
     cpu = tool.count_config(ADDER_CFG, (8, 8), device='cpu')
     assert meta['device'] == 'meta' and cpu['device'] == 'cpu'
-    assert ([l.to_dict() for l in meta['ops'].layers] ==
-            [l.to_dict() for l in cpu['ops'].layers])
+    assert ([layer.to_dict() for layer in meta['ops'].layers] ==
+            [layer.to_dict() for layer in cpu['ops'].layers])
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -264,4 +268,10 @@ def test_cli_rejects_bad_arguments(tmp_path):
                  [ADDER_CFG, '--compare', str(tmp_path / 'nope.py')]):
         with pytest.raises(SystemExit):
             tool.parse_args(argv)
-    assert tool.parse_args([ADDER_CFG, '--shape', '16']).shape == [16, 16]
+    args = tool.parse_args([ADDER_CFG, '--shape', '16', '--cfg-options',
+                            'model.backbone.depth=32'])
+    assert args.shape == [16, 16]
+    res = tool.count_config(ADDER_CFG, args.shape,
+                            cfg_options=args.cfg_options)
+    n_adder = sum(layer.kind == 'adder' for layer in res['ops'].layers)
+    assert n_adder == 6 * 5 + 2

@@ -19,6 +19,7 @@ import os.path as osp
 import warnings
 
 import torch
+from mmengine.config import DictAction
 
 from adder_mm.utils.op_counter import (CONVENTION, count_ops,
                                        load_energy_table)
@@ -63,6 +64,10 @@ def parse_args(argv=None):
         help='device of the forward pass; meta (default) computes shapes '
         'only, which is all the counts need, and falls back to cpu when the '
         'model cannot run on meta tensors')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, default=None,
+        help='override config entries of both configs, e.g. '
+        'model.backbone.style=caffe')
     parser.add_argument('--per-layer', action=argparse.BooleanOptionalAction,
                         default=True, help='print the per-layer table')
     args = parser.parse_args(argv)
@@ -88,13 +93,15 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(config):
+def load_model(config, cfg_options=None):
     """(model, cfg) built from a config file, no weights loaded."""
     import adder_mm  # noqa: F401  (registers AdderConv2d, backbones, heads)
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     if 'model' not in cfg:
         raise ValueError(f'{config}: the config has no `model`')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
@@ -163,9 +170,10 @@ def run_count(model, shape, channels, device):
         return count_ops(model, x, forward=forward)
 
 
-def count_config(config, shape=None, channels=None, device='meta'):
+def count_config(config, shape=None, channels=None, device='meta',
+                 cfg_options=None):
     """Count a config; returns a dict with the ModelOps and its input."""
-    model, cfg = load_model(config)
+    model, cfg = load_model(config, cfg_options)
     if shape is None:
         h, w, src = infer_shape(cfg)
     else:
@@ -180,7 +188,7 @@ def count_config(config, shape=None, channels=None, device='meta'):
         # Data-dependent code cannot run on meta tensors; the weights were
         # moved away, so rebuild on the CPU.
         print(f'[{config}] cannot run on meta tensors ({e}); using cpu')
-        model, _ = load_model(config)
+        model, _ = load_model(config, cfg_options)
         dev = 'cpu'
         ops = run_count(model, (h, w), c, dev)
     return dict(config=config, input_shape=[1, c, h, w], shape_source=src,
@@ -221,19 +229,21 @@ def report(result, bits, table, group_depth, per_layer=True):
            f'({result["shape_source"]}, forward on {result["device"]})']
     if per_layer:
         rows = []
-        for l in ops.layers:
-            c = l.counts()
+        for layer in ops.layers:
+            c = layer.counts()
             rows.append([
-                l.name, l.kind, 'x'.join(map(str, l.output_shape[1:])),
-                l.terms, fmt(c['mults']), fmt(c['adds']), fmt(c['abs_ops']),
+                layer.name, layer.kind,
+                'x'.join(map(str, layer.output_shape[1:])), layer.terms,
+                fmt(c['mults']), fmt(c['adds']), fmt(c['abs_ops']),
                 fmt_energy(c['mults'] * e['mult'] + c['adds'] * e['add'])
             ])
         out.append(_table(['layer', 'kind', 'output', 'K', 'mults', 'adds',
                            'abs', f'energy {bits}'], rows))
     rows = []
     for key, c in ops.by_group(group_depth).items():
+        energy = c['mults'] * e['mult'] + c['adds'] * e['add']
         rows.append([key, fmt(c['mults']), fmt(c['adds']), fmt(c['abs_ops']),
-                     fmt_energy(c['mults'] * e['mult'] + c['adds'] * e['add'])])
+                     fmt_energy(energy)])
     t = ops.totals()
     rows.append(['TOTAL', fmt(t['mults']), fmt(t['adds']), fmt(t['abs_ops']),
                  fmt_energy(ops.energy_pj(bits, table))])
@@ -242,8 +252,8 @@ def report(result, bits, table, group_depth, per_layer=True):
     kinds = ', '.join(f'{k}: {fmt(v["mults"])} mults + {fmt(v["adds"])} adds'
                       for k, v in ops.totals_by_kind().items())
     n_layers = {}
-    for l in ops.layers:
-        n_layers[l.kind] = n_layers.get(l.kind, 0) + 1
+    for layer in ops.layers:
+        n_layers[layer.kind] = n_layers.get(layer.kind, 0) + 1
     out.append(f'counted layers: {n_layers} ({kinds}); bias adds '
                f'{fmt(t["bias_adds"])} (in adds)')
     out.append('not counted (ran, excluded): ' + (', '.join(
@@ -304,13 +314,13 @@ def plot(results, path, group_depth):
 def main(argv=None):
     args = parse_args(argv)
     results = [count_config(args.config, args.shape, args.channels,
-                            args.device)]
+                            args.device, args.cfg_options)]
     if args.compare:
         # Same input as the first model, so the two counts are comparable.
         shape = tuple(results[0]['input_shape'][2:])
         results.append(count_config(args.compare, shape,
                                     results[0]['input_shape'][1],
-                                    args.device))
+                                    args.device, args.cfg_options))
     for r in results:
         print(report(r, args.bits, args.table, args.group_depth,
                      args.per_layer))
