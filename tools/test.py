@@ -1,0 +1,189 @@
+"""Evaluate a checkpoint with MMEngine's Runner; same arguments as
+MMPretrain's test.
+
+    python tools/test.py configs/adder_r20_digits.py work_dirs/adder_r20_digits/epoch_30.pth
+    tools/dist_test.sh CONFIG CHECKPOINT 2
+
+``adder_mm`` is imported here, so configs need no ``custom_imports``. The
+checkpoint must match the model exactly (every key and shape): a mismatch
+stops with the list of differences instead of silently testing a partly
+random network. Without CUDA a torchrun launch uses gloo (see train.py).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+from copy import deepcopy
+
+from train import (ToolError, check_config_path, check_data_roots,
+                   prepare_cpu_distributed)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (path or URL)')
+    parser.add_argument(
+        '--work-dir', help='the dir to save logs and evaluation metrics')
+    parser.add_argument('--out', help='file to dump results to (.pkl/.json)')
+    parser.add_argument(
+        '--out-item',
+        choices=['metrics', 'pred'],
+        help="what --out holds: 'pred' (per-sample predictions, default) or "
+        "'metrics'")
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value')
+    parser.add_argument(
+        '--amp', action='store_true', help='fp16 inference (test_cfg.fp16)')
+    parser.add_argument(
+        '--show-dir', help='save prediction visualisations to this dir')
+    parser.add_argument(
+        '--show', action='store_true', help='display predictions')
+    parser.add_argument(
+        '--interval', type=int, default=1, help='visualise every N samples')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='seconds per shown image')
+    parser.add_argument(
+        '--no-pin-memory',
+        action='store_true',
+        help='disable pin_memory in the dataloader')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation: the config\'s tta_model/tta_pipeline, '
+        'or averaged scores of the image and its horizontal flip')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    check_config_path(parser, args.config)
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        parser.error(f'checkpoint file not found: {args.checkpoint!r}')
+    if args.out is None and args.out_item is not None:
+        parser.error('--out-item needs --out FILE')
+    return args
+
+
+def merge_args(cfg, args):
+    """Apply the command line to the config (CLI > config > defaults)."""
+    from mmengine.config import ConfigDict
+
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+
+    if args.amp:
+        cfg.test_cfg.fp16 = True
+
+    if args.show or args.show_dir is not None:
+        vis = cfg.get('default_hooks', {}).get('visualization', None)
+        if vis is None:
+            raise ToolError('--show/--show-dir need default_hooks.'
+                            "visualization=dict(type='VisualizationHook') in "
+                            'the config')
+        vis.update(
+            enable=True,
+            show=args.show,
+            wait_time=args.wait_time,
+            out_dir=args.show_dir,
+            interval=args.interval)
+
+    if args.tta:
+        if 'tta_model' not in cfg:
+            cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+        if 'tta_pipeline' not in cfg:
+            pipeline = cfg.test_dataloader.dataset.pipeline
+            cfg.tta_pipeline = deepcopy(pipeline)
+            # Flip / no-flip views, each packed by the pipeline's last step.
+            cfg.tta_pipeline[-1] = dict(
+                type='TestTimeAug',
+                transforms=[[
+                    dict(type='RandomFlip', prob=1.),
+                    dict(type='RandomFlip', prob=0.)
+                ], [pipeline[-1]]])
+        cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+    loader = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+    loader.update(cfg.test_dataloader)
+    if args.no_pin_memory:
+        loader.pin_memory = False
+    cfg.test_dataloader = loader
+
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def load_strict(runner, checkpoint):
+    """Load ``checkpoint`` into the runner's model, requiring every key and
+    shape to match; ToolError lists the differences."""
+    try:
+        runner.load_checkpoint(checkpoint, map_location='cpu', strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        detail = '\n  '.join(lines[:12] + (['...'] if len(lines) > 12 else []))
+        raise ToolError(
+            f'checkpoint {checkpoint!r} does not match the model of '
+            f'{runner.cfg.filename}:\n  {detail}\nUse the config the '
+            'checkpoint was trained with, or convert the checkpoint '
+            '(tools/model_converters/).') from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    import adder_mm  # noqa: F401  (registers models, datasets, optimizers)
+    import mmengine
+    from mmengine.config import Config
+    from mmengine.evaluator import DumpResults
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    from mmpretrain.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+
+    cfg = Config.fromfile(args.config)
+    try:
+        cfg = merge_args(cfg, args)
+        check_data_roots(cfg, args.config, ('test_dataloader', ))
+        prepare_cpu_distributed(cfg)
+    except ToolError as e:
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
+
+    if 'runner_type' in cfg:
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    # Strict first: the Runner's own load (in test()) only warns on
+    # mismatches. Loading twice costs a second read of the file.
+    try:
+        load_strict(runner, args.checkpoint)
+    except ToolError as e:
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
+
+    if args.out and args.out_item in ('pred', None):
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    if args.out and args.out_item == 'metrics':
+        mmengine.dump(metrics, args.out)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
