@@ -4,12 +4,45 @@ torch.load defaults to ``weights_only=True`` since torch 2.6; MMEngine 0.10.7
 pickles its message hub (``HistoryBuffer`` with numpy arrays and scalars) into
 every checkpoint, so ``--resume`` and ``load_from`` fail. We allow-list exactly
 the classes those checkpoints reference, never turning weights_only off.
+
+One more global is needed: ``HistoryBuffer.__getstate__`` stores its
+statistics methods (``HistoryBuffer.min`` ...), which pickle protocol 2 (the
+one torch.save uses) writes as ``getattr(HistoryBuffer, 'min')``. The builtin
+``getattr`` would let a pickle walk from any allowed object to arbitrary code,
+so the ``builtins.getattr`` name is bound to :func:`history_buffer_getattr`,
+which fetches those four methods and refuses everything else.
 """
+import pickle
+
 import torch
+
+# The statistics methods HistoryBuffer registers itself (and so pickles).
+_HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
+
+
+def history_buffer_getattr(obj, name):
+    """``getattr`` as a weights_only checkpoint may use it.
+
+    Returns ``getattr(HistoryBuffer, name)`` for HistoryBuffer's own
+    statistics methods; raises ``pickle.UnpicklingError`` for any other
+    object or name.
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'weights_only load refused getattr({obj!r}, {name!r}): adder_mm only '
+        'allows HistoryBuffer statistics methods '
+        f'{_HISTORY_BUFFER_METHODS} through builtins.getattr')
 
 
 def checkpoint_safe_globals():
-    """The globals MMEngine's own checkpoints need, as a list."""
+    """The globals MMEngine's own checkpoints need, as a list.
+
+    Classes and functions, plus one ``(history_buffer_getattr,
+    'builtins.getattr')`` pair (the form torch's add_safe_globals takes for a
+    global loaded under another name).
+    """
     import numpy as np
     from mmengine.logging import HistoryBuffer
 
@@ -23,7 +56,7 @@ def checkpoint_safe_globals():
                             if t not in 'OMm'} | {type(np.dtype('O'))},
                            key=lambda c: c.__name__)
     return [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar
-            ] + dtype_classes
+            ] + dtype_classes + [(history_buffer_getattr, 'builtins.getattr')]
 
 
 def register_checkpoint_safe_globals():
