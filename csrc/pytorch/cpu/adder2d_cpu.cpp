@@ -1,39 +1,319 @@
-// CPU kernels of adder2d (straightforward direct loops; correctness baseline).
+// CPU kernels of adder2d: GEMM-like blocking over packed im2col strips.
+//
+// Forward, per task (image n, group g, chunk of PC output positions):
+//   im2col the chunk into a per-thread buffer packed as [strip][K][NR], then
+//   for every strip and every block of MR output channels run the register
+//   tile of adder2d_cpu_kernels.h over the full K (weights packed once per
+//   call as [G][O-block][K][MR]).
+// grad_X, per task (image n, group g, block of input channels): for each
+//   chunk, im2col the block's rows, pack grad_out as [strip][Og][NR], reduce
+//   over o in the grad tile into a column buffer, and fold (col2im) it into
+//   grad_X. The task owns every pixel it writes: no atomics, and each pixel
+//   sums its terms in an order fixed by the shape alone, so results are
+//   bit-identical run to run and for any thread count.
+// Temporaries: per thread, a few chunk-sized buffers (PC*K elements, bounded
+// by kChunkBytes), far below one image's im2col.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "../adder2d.h"
+#include "adder2d_cpu_isa.h"
 
 namespace adder_mm {
 
 namespace {
 
+using cpu::KernelTable;
+
+// Packed im2col bytes per chunk: fits the 512 KiB L2 of current cores with
+// room for the weight panel.
+constexpr int64_t kChunkBytes = 128 * 1024;
+// Weight-panel bytes reused across the strips of a chunk (L2-resident).
+constexpr int64_t kPanelBytes = 192 * 1024;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool have_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx2") &&
+                         __builtin_cpu_supports("fma") &&
+                         std::getenv("ADDER_MM_CPU_GENERIC") == nullptr;
+  return ok;
+#else
+  return false;
+#endif
+}
+
 template <typename T>
-void forward_kernel(const T* x, const T* w, T* y, const Adder2dParams& p) {
-  const int64_t Cg = p.cin_per_group(), Og = p.cout_per_group();
-  at::parallel_for(0, p.N * p.O, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t no = begin; no < end; ++no) {
-      const int64_t n = no / p.O, o = no % p.O, g = o / Og;
-      const T* wo = w + o * p.K();
-      T* yo = y + no * p.L();
-      for (int64_t h = 0; h < p.OH; ++h) {
-        for (int64_t ww = 0; ww < p.OW; ++ww) {
-          T acc = 0;
-          for (int64_t c = 0; c < Cg; ++c) {
-            const T* xc = x + (n * p.C + g * Cg + c) * p.H * p.W;
-            for (int64_t i = 0; i < p.KH; ++i) {
-              const int64_t iy = adder_in_coord(h, i, p.stride_h, p.pad_h, p.dil_h);
-              for (int64_t j = 0; j < p.KW; ++j) {
-                const int64_t ix = adder_in_coord(ww, j, p.stride_w, p.pad_w, p.dil_w);
-                const bool inside = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
-                const T xv = inside ? xc[iy * p.W + ix] : T(0);
-                acc += std::abs(xv - wo[(c * p.KH + i) * p.KW + j]);
+const KernelTable<T>& kernels();
+
+template <>
+const KernelTable<float>& kernels<float>() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const KernelTable<float> t =
+      have_avx2() ? cpu::avx2_table_float() : cpu::generic_table_float();
+#else
+  static const KernelTable<float> t = cpu::generic_table_float();
+#endif
+  return t;
+}
+
+template <>
+const KernelTable<double>& kernels<double>() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const KernelTable<double> t =
+      have_avx2() ? cpu::avx2_table_double() : cpu::generic_table_double();
+#else
+  static const KernelTable<double> t = cpu::generic_table_double();
+#endif
+  return t;
+}
+
+// Uninitialised aligned scratch (std::vector would zero it for nothing).
+template <typename T>
+struct Scratch {
+  T* ptr = nullptr;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = ((std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64) * 64;
+    ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(ptr != nullptr, "adder2d: out of memory for a ", bytes,
+                "-byte CPU scratch buffer");
+  }
+  ~Scratch() { std::free(ptr); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// A run of strip slots that lie on one output row.
+struct Segment {
+  int slot, count;
+  int64_t oh, ow;
+};
+
+// Splits strip slots [0, valid) starting at position q into row segments.
+int make_segments(int64_t q, int valid, int64_t OW, Segment* segs) {
+  int n = 0, slot = 0;
+  while (slot < valid) {
+    const int64_t oh = (q + slot) / OW, ow = (q + slot) % OW;
+    const int count =
+        static_cast<int>(std::min<int64_t>(valid - slot, OW - ow));
+    segs[n++] = Segment{slot, count, oh, ow};
+    slot += count;
+  }
+  return n;
+}
+
+// Geometry of one im2col/col2im chunk.
+struct ChunkGeom {
+  const Adder2dParams* p;
+  int64_t channels;  // input channels of this block
+  int64_t rows;      // channels * KH * KW
+  int64_t rows_pad;  // rows padded to the tile height (zero rows)
+  int nr;
+};
+
+// buf[s][k][slot] = Xcol[k, q0 + s*NR + slot] for the block's channels
+// (zero for padding taps, slots past `len` and rows past `rows`).
+template <typename T>
+void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
+                  T* buf) {
+  const Adder2dParams& p = *cg.p;
+  const int NR = cg.nr;
+  Segment segs[64];
+  const int64_t ns = ceil_div(len, NR);
+  for (int64_t s = 0; s < ns; ++s) {
+    T* dst = buf + s * cg.rows_pad * NR;
+    const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+    const int nseg = make_segments(q0 + s * NR, valid, p.OW, segs);
+    for (int64_t c = 0; c < cg.channels; ++c) {
+      const T* xc = x + c * p.H * p.W;
+      for (int64_t i = 0; i < p.KH; ++i) {
+        for (int64_t j = 0; j < p.KW; ++j) {
+          T* row = dst + ((c * p.KH + i) * p.KW + j) * NR;
+          for (int t = valid; t < NR; ++t) row[t] = T(0);
+          for (int e = 0; e < nseg; ++e) {
+            const Segment& sg = segs[e];
+            T* out = row + sg.slot;
+            const int64_t ih = sg.oh * p.stride_h - p.pad_h + i * p.dil_h;
+            if (ih < 0 || ih >= p.H) {
+              for (int t = 0; t < sg.count; ++t) out[t] = T(0);
+              continue;
+            }
+            const T* src = xc + ih * p.W;
+            const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
+            if (p.stride_w == 1) {
+              const int lo = static_cast<int>(
+                  std::min<int64_t>(sg.count, std::max<int64_t>(0, -iw0)));
+              const int hi = static_cast<int>(std::max<int64_t>(
+                  lo, std::min<int64_t>(sg.count, p.W - iw0)));
+              for (int t = 0; t < lo; ++t) out[t] = T(0);
+              for (int t = lo; t < hi; ++t) out[t] = src[iw0 + t];
+              for (int t = hi; t < sg.count; ++t) out[t] = T(0);
+            } else {
+              for (int t = 0; t < sg.count; ++t) {
+                const int64_t iw = iw0 + t * p.stride_w;
+                out[t] = (iw >= 0 && iw < p.W) ? src[iw] : T(0);
               }
             }
           }
-          yo[h * p.OW + ww] = -acc;
+        }
+      }
+    }
+    for (int64_t k = cg.rows; k < cg.rows_pad; ++k)
+      for (int t = 0; t < NR; ++t) dst[k * NR + t] = T(0);
+  }
+}
+
+// gx[c, y, x] += buf[s][k][slot] for every real (non-padding) pixel read by
+// slot at tap k: the adjoint of im2col_chunk, in a fixed order.
+template <typename T>
+void col2im_chunk(const T* buf, const ChunkGeom& cg, int64_t q0, int64_t len,
+                  T* gx) {
+  const Adder2dParams& p = *cg.p;
+  const int NR = cg.nr;
+  Segment segs[64];
+  const int64_t ns = ceil_div(len, NR);
+  for (int64_t s = 0; s < ns; ++s) {
+    const T* col = buf + s * cg.rows_pad * NR;
+    const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+    const int nseg = make_segments(q0 + s * NR, valid, p.OW, segs);
+    for (int64_t c = 0; c < cg.channels; ++c) {
+      T* gc = gx + c * p.H * p.W;
+      for (int64_t i = 0; i < p.KH; ++i) {
+        for (int64_t j = 0; j < p.KW; ++j) {
+          const T* row = col + ((c * p.KH + i) * p.KW + j) * NR;
+          for (int e = 0; e < nseg; ++e) {
+            const Segment& sg = segs[e];
+            const int64_t ih = sg.oh * p.stride_h - p.pad_h + i * p.dil_h;
+            if (ih < 0 || ih >= p.H) continue;
+            T* dst = gc + ih * p.W;
+            const T* in = row + sg.slot;
+            const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
+            if (p.stride_w == 1) {
+              const int lo = static_cast<int>(
+                  std::min<int64_t>(sg.count, std::max<int64_t>(0, -iw0)));
+              const int hi = static_cast<int>(std::max<int64_t>(
+                  lo, std::min<int64_t>(sg.count, p.W - iw0)));
+              for (int t = lo; t < hi; ++t) dst[iw0 + t] += in[t];
+            } else {
+              for (int t = 0; t < sg.count; ++t) {
+                const int64_t iw = iw0 + t * p.stride_w;
+                if (iw >= 0 && iw < p.W) dst[iw] += in[t];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Positions per chunk: whole strips, about kChunkBytes of packed im2col.
+// Depends on the shape only (never on the thread count).
+int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
+  const int64_t strip_bytes = K * NR * static_cast<int64_t>(elem);
+  const int64_t strips = std::max<int64_t>(1, kChunkBytes / strip_bytes);
+  return std::min(strips, ceil_div(L, NR)) * NR;
+}
+
+bool use_min_identity() {
+  static const bool on = [] {
+    const char* e = std::getenv("ADDER_MM_CPU_FWD_MIN");
+    return e != nullptr && e[0] == '1';
+  }();
+  return on;
+}
+
+template <typename T>
+void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
+  const KernelTable<T>& kt = kernels<T>();
+  const int MR = kt.mr, NR = kt.nr;
+  const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
+  const int64_t K = p.K(), L = p.L();
+  const int64_t nob = ceil_div(Og, MR);
+  const bool min_id = use_min_identity();
+
+  // Weight panels [G][nob][K][MR], zero rows past Og (their results are
+  // dropped); plus per-channel sums for the min identity.
+  std::vector<T> A(G * nob * K * MR);
+  at::parallel_for(0, G * nob, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gb = b; gb < e; ++gb) {
+      const int64_t g = gb / nob, ob = gb % nob;
+      T* a = A.data() + gb * K * MR;
+      for (int r = 0; r < MR; ++r) {
+        const int64_t o = ob * MR + r;
+        const T* wo = w + (g * Og + o) * K;
+        for (int64_t k = 0; k < K; ++k) a[k * MR + r] = o < Og ? wo[k] : T(0);
+      }
+    }
+  });
+  std::vector<T> Sw;
+  if (min_id) {
+    Sw.assign(p.O, T(0));
+    for (int64_t o = 0; o < p.O; ++o)
+      for (int64_t k = 0; k < K; ++k) Sw[o] += w[o * K + k];
+  }
+
+  const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
+  const int64_t nchunk = ceil_div(L, PC);
+  // Output-channel blocks per weight sub-panel that stays in L2 while the
+  // strips of a chunk stream past it.
+  const int64_t obs_per_panel = std::max<int64_t>(
+      1, kPanelBytes / (K * MR * static_cast<int64_t>(sizeof(T))));
+  ChunkGeom cg{&p, Cg, K, K, NR};
+
+  at::parallel_for(0, p.N * G * nchunk, 1, [&](int64_t begin, int64_t end) {
+    Scratch<T> buf(PC * K);
+    Scratch<T> sx(PC);
+    alignas(64) T tile[16 * 64];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / (G * nchunk), g = (t / nchunk) % G,
+                    c = t % nchunk;
+      const int64_t q0 = c * PC, len = std::min(PC, L - q0);
+      const int64_t ns = ceil_div(len, NR);
+      im2col_chunk(x + (n * p.C + g * Cg) * p.H * p.W, cg, q0, len, buf.ptr);
+      if (min_id) {
+        for (int64_t s = 0; s < ns; ++s) {
+          const T* b = buf.ptr + s * K * NR;
+          T* sxs = sx.ptr + s * NR;
+          for (int u = 0; u < NR; ++u) sxs[u] = T(0);
+          for (int64_t k = 0; k < K; ++k)
+            for (int u = 0; u < NR; ++u) sxs[u] += b[k * NR + u];
+        }
+      }
+      for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
+        const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
+        for (int64_t s = 0; s < ns; ++s) {
+          const T* b = buf.ptr + s * K * NR;
+          const int valid =
+              static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+          for (int64_t ob = ob0; ob < ob1; ++ob) {
+            const T* a = A.data() + (g * nob + ob) * K * MR;
+            const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
+            if (min_id) {
+              kt.fwd_tile_min(K, a, b, tile);
+            } else {
+              kt.fwd_tile(K, a, b, tile);
+            }
+            for (int r = 0; r < rows; ++r) {
+              const int64_t o = g * Og + ob * MR + r;
+              T* dst = y + (n * p.O + o) * L + q0 + s * NR;
+              const T* src = tile + r * NR;
+              if (min_id) {
+                // -(Sx + Sw - 2 sum min): the min identity of |a - b|.
+                const T sw = Sw[o];
+                const T* sxs = sx.ptr + s * NR;
+                for (int u = 0; u < valid; ++u)
+                  dst[u] = T(2) * src[u] - sxs[u] - sw;
+              } else {
+                std::memcpy(dst, src, sizeof(T) * valid);
+              }
+            }
+          }
         }
       }
     }
@@ -41,32 +321,86 @@ void forward_kernel(const T* x, const T* w, T* y, const Adder2dParams& p) {
 }
 
 template <typename T>
-void backward_input_kernel(const T* go, const T* x, const T* w, T* gx,
-                           const Adder2dParams& p) {
-  const int64_t Cg = p.cin_per_group(), Og = p.cout_per_group();
-  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / p.C, ch = nc % p.C, g = ch / Cg, c = ch % Cg;
-      for (int64_t y = 0; y < p.H; ++y) {
-        for (int64_t xx = 0; xx < p.W; ++xx) {
-          const T xv = x[nc * p.H * p.W + y * p.W + xx];
-          T acc = 0;
-          for (int64_t i = 0; i < p.KH; ++i) {
-            int64_t h;
-            if (!adder_out_coord(y, i, p.stride_h, p.pad_h, p.dil_h, p.OH, &h)) continue;
-            for (int64_t j = 0; j < p.KW; ++j) {
-              int64_t ow;
-              if (!adder_out_coord(xx, j, p.stride_w, p.pad_w, p.dil_w, p.OW, &ow)) continue;
-              for (int64_t oo = 0; oo < Og; ++oo) {
-                const int64_t o = g * Og + oo;
-                const T d = w[((o * Cg + c) * p.KH + i) * p.KW + j] - xv;
-                const T ht = std::min(std::max(d, T(-1)), T(1));
-                acc += ht * go[((n * p.O + o) * p.OH + h) * p.OW + ow];
-              }
-            }
+void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
+                         const Adder2dParams& p) {
+  const KernelTable<T>& kt = kernels<T>();
+  const int MK = kt.mk, NR = kt.nr;
+  const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
+  const int64_t K = p.K(), L = p.L(), KK = p.KH * p.KW, HW = p.H * p.W;
+
+  // Channel blocks give batch-1 calls work for every thread; results do not
+  // depend on the split (each gcol element is its own reduction over o).
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t ncb = std::min<int64_t>(
+      Cg, std::max<int64_t>(1, ceil_div(4 * nthreads, p.N * G)));
+  const int64_t cpb = ceil_div(Cg, ncb);  // channels per block
+  const int64_t nblk = ceil_div(Cg, cpb);
+  const int64_t rows_max = cpb * KK;
+  const int64_t rows_pad_max = ceil_div(rows_max, MK) * MK;
+
+  // WT[g][blk][kb][o][r] = W[g*Og + o, k0 + kb*MK + r] (zero rows past the
+  // block): one contiguous stream per grad tile.
+  const int64_t nkb_max = rows_pad_max / MK;
+  std::vector<T> WT(G * nblk * nkb_max * Og * MK);
+  at::parallel_for(0, G * nblk, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gb = b; gb < e; ++gb) {
+      const int64_t g = gb / nblk, blk = gb % nblk;
+      const int64_t k0 = blk * cpb * KK;
+      const int64_t rows = std::min(cpb, Cg - blk * cpb) * KK;
+      T* wt = WT.data() + gb * nkb_max * Og * MK;
+      for (int64_t kb = 0; kb < nkb_max; ++kb)
+        for (int64_t o = 0; o < Og; ++o)
+          for (int r = 0; r < MK; ++r) {
+            const int64_t kr = kb * MK + r;
+            wt[(kb * Og + o) * MK + r] =
+                kr < rows ? w[(g * Og + o) * K + k0 + kr] : T(0);
           }
-          gx[nc * p.H * p.W + y * p.W + xx] = acc;
+    }
+  });
+
+  const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
+  const int64_t nchunk = ceil_div(L, PC);
+
+  at::parallel_for(0, p.N * G * nblk, 1, [&](int64_t begin, int64_t end) {
+    Scratch<T> xbuf(PC * rows_pad_max);
+    Scratch<T> cbuf(PC * rows_pad_max);
+    Scratch<T> gbuf(PC * Og);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / (G * nblk), g = (t / nblk) % G, blk = t % nblk;
+      const int64_t c0 = g * Cg + blk * cpb;
+      const int64_t channels = std::min(cpb, Cg - blk * cpb);
+      const int64_t rows = channels * KK;
+      const int64_t rows_pad = ceil_div(rows, MK) * MK;
+      const ChunkGeom cg{&p, channels, rows, rows_pad, NR};
+      const T* xin = x + (n * p.C + c0) * HW;
+      T* gout = gx + (n * p.C + c0) * HW;
+      std::fill(gout, gout + channels * HW, T(0));
+      const T* wt = WT.data() + (g * nblk + blk) * nkb_max * Og * MK;
+      for (int64_t c = 0; c < nchunk; ++c) {
+        const int64_t q0 = c * PC, len = std::min(PC, L - q0);
+        const int64_t ns = ceil_div(len, NR);
+        im2col_chunk(xin, cg, q0, len, xbuf.ptr);
+        // gbuf[s][o][slot] = G[n, g*Og + o, q0 + s*NR + slot], zero past len
+        // (a zero gradient adds nothing to the padded slots).
+        for (int64_t s = 0; s < ns; ++s) {
+          const int valid =
+              static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+          for (int64_t o = 0; o < Og; ++o) {
+            const T* src = go + (n * p.O + g * Og + o) * L + q0 + s * NR;
+            T* dst = gbuf.ptr + (s * Og + o) * NR;
+            std::memcpy(dst, src, sizeof(T) * valid);
+            for (int u = valid; u < NR; ++u) dst[u] = T(0);
+          }
         }
+        for (int64_t s = 0; s < ns; ++s) {
+          const T* gs = gbuf.ptr + s * Og * NR;
+          const T* xs = xbuf.ptr + s * rows_pad * NR;
+          T* cs = cbuf.ptr + s * rows_pad * NR;
+          for (int64_t kb = 0; kb < rows_pad / MK; ++kb)
+            kt.bwd_tile(Og, wt + kb * Og * MK, gs, xs + kb * MK * NR,
+                        cs + kb * MK * NR);
+        }
+        col2im_chunk(cbuf.ptr, cg, q0, len, gout);
       }
     }
   });
@@ -77,9 +411,9 @@ void backward_input_kernel(const T* go, const T* x, const T* w, T* gx,
 void adder2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                          at::Tensor& out, const Adder2dParams& p) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adder2d_forward_cpu", [&] {
-    forward_kernel<scalar_t>(input.data_ptr<scalar_t>(),
-                             weight.data_ptr<scalar_t>(),
-                             out.data_ptr<scalar_t>(), p);
+    forward_impl<scalar_t>(input.data_ptr<scalar_t>(),
+                           weight.data_ptr<scalar_t>(),
+                           out.data_ptr<scalar_t>(), p);
   });
 }
 
@@ -89,7 +423,7 @@ void adder2d_backward_input_cpu(const at::Tensor& grad_out,
                                 const Adder2dParams& p) {
   AT_DISPATCH_FLOATING_TYPES(
       input.scalar_type(), "adder2d_backward_input_cpu", [&] {
-        backward_input_kernel<scalar_t>(
+        backward_input_impl<scalar_t>(
             grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),
             weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), p);
       });

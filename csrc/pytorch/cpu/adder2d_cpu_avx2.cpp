@@ -1,0 +1,76 @@
+// AVX2+FMA build of the adder2d micro-kernels, chosen at run time by
+// __builtin_cpu_supports("avx2") so one binary runs on any x86-64.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "adder2d_cpu_isa.h"
+
+// After every library include: only the code below gets the AVX2 target.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+#define ADDER_ISA_NS avx2
+#include "adder2d_cpu_kernels.h"
+
+namespace adder_mm {
+namespace cpu {
+namespace avx2 {
+namespace {
+
+struct OpsF {
+  using T = float;
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const T* p) { return _mm256_loadu_ps(p); }
+  static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(T a) { return _mm256_set1_ps(a); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+  // Clears the sign bit: exact |a|, one logic op.
+  static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+struct OpsD {
+  using T = double;
+  using V = __m256d;
+  static constexpr int kLanes = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const T* p) { return _mm256_loadu_pd(p); }
+  static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set1(T a) { return _mm256_set1_pd(a); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static V neg(V a) { return _mm256_xor_pd(a, _mm256_set1_pd(-0.0)); }
+  static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+};
+
+}  // namespace
+}  // namespace avx2
+
+constexpr int kFwdMrF = 4;
+
+// Tile shapes: forward MR x (NV vectors) keeps MR*NV accumulators, NV
+// input vectors, one broadcast, one temporary and the sign mask in the 16
+// ymm registers; grad_X holds MK*NV inputs plus as many accumulators.
+KernelTable<float> avx2_table_float() {
+  return avx2::make_table<avx2::OpsF, kFwdMrF, 2, 2, 2>("avx2");
+}
+KernelTable<double> avx2_table_double() {
+  return avx2::make_table<avx2::OpsD, 4, 2, 2, 2>("avx2");
+}
+
+}  // namespace cpu
+}  // namespace adder_mm
+
+#pragma GCC pop_options
+#endif  // x86

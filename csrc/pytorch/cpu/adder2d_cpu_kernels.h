@@ -1,0 +1,141 @@
+// Register-blocked micro-kernels of adder2d on packed panels, written once
+// against a small vector-ops interface `Ops` and compiled per ISA: each
+// including TU defines ADDER_ISA_NS (so instantiations of different targets
+// never merge at link time) and its own Ops (AVX2 intrinsics or portable
+// GCC vectors). Self-contained: no ATen here, so the TU compiled with
+// `#pragma GCC target("avx2,fma")` has no target-specific code of other
+// libraries inlined into it.
+//
+// Packed layouts (NR = NV * Ops::kLanes positions per strip):
+//   A  (forward weight panel)  [K][MR]       A[k*MR + r] = W[o0 + r, k]
+//   B  (im2col strip)          [K][NR]       B[k*NR + s] = Xcol[k, q0 + s]
+//   WT (grad weight panel)     [Og][MK]      WT[o*MK + r] = W[o, k0 + r]
+//   Gp (grad_out strip)        [Og][NR]      Gp[o*NR + s] = G[o, q0 + s]
+// Every element is reduced in a fixed sequential order (k ascending for the
+// forward, o ascending for grad_X) inside one register lane, so results do
+// not depend on blocking or on the number of threads.
+#pragma once
+#include <cstdint>
+
+#include "adder2d_cpu_kernels_fwd.h"
+
+#ifndef ADDER_ISA_NS
+#error "define ADDER_ISA_NS before including adder2d_cpu_kernels.h"
+#endif
+
+namespace adder_mm {
+namespace cpu {
+
+namespace ADDER_ISA_NS {
+namespace {
+
+template <class Ops, int MR, int NV>
+void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
+              typename Ops::T* C) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes, NR = NV * L;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Ops::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = Ops::load(B + k * NR + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V a = Ops::set1(A[k * MR + r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = Ops::add(acc[r][v], Ops::abs(Ops::sub(b[v], a)));
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      Ops::store(C + r * NR + v * L, Ops::neg(acc[r][v]));
+}
+
+template <class Ops, int MR, int NV>
+void fwd_tile_min(int64_t K, const typename Ops::T* A,
+                  const typename Ops::T* B, typename Ops::T* C) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes, NR = NV * L;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Ops::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = Ops::load(B + k * NR + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V a = Ops::set1(A[k * MR + r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = Ops::add(acc[r][v], Ops::min(b[v], a));
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Ops::store(C + r * NR + v * L, acc[r][v]);
+}
+
+template <class Ops, int MK, int NV>
+void bwd_tile(int64_t Og, const typename Ops::T* WT, const typename Ops::T* Gp,
+              const typename Ops::T* X, typename Ops::T* C) {
+  using V = typename Ops::V;
+  constexpr int L = Ops::kLanes, NR = NV * L;
+  V x[MK][NV], acc[MK][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MK; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      x[r][v] = Ops::load(X + r * NR + v * L);
+      acc[r][v] = Ops::zero();
+    }
+  const V lo = Ops::set1(-1), hi = Ops::set1(1);
+  for (int64_t o = 0; o < Og; ++o) {
+    V g[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) g[v] = Ops::load(Gp + o * NR + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < MK; ++r) {
+      const V w = Ops::set1(WT[o * MK + r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const V d = Ops::min(Ops::max(Ops::sub(w, x[r][v]), lo), hi);
+        acc[r][v] = Ops::fmadd(d, g[v], acc[r][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MK; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Ops::store(C + r * NR + v * L, acc[r][v]);
+}
+
+template <class Ops, int MR, int NV, int MK, int NVB>
+KernelTable<typename Ops::T> make_table(const char* isa) {
+  static_assert(NV * Ops::kLanes == NVB * Ops::kLanes,
+                "forward and grad_X tiles must share the strip width");
+  KernelTable<typename Ops::T> t;
+  t.nr = NV * Ops::kLanes;
+  t.mr = MR;
+  t.mk = MK;
+  t.fwd_tile = &fwd_tile<Ops, MR, NV>;
+  t.fwd_tile_min = &fwd_tile_min<Ops, MR, NV>;
+  t.bwd_tile = &bwd_tile<Ops, MK, NVB>;
+  t.isa = isa;
+  return t;
+}
+
+}  // namespace
+}  // namespace ADDER_ISA_NS
+}  // namespace cpu
+}  // namespace adder_mm
