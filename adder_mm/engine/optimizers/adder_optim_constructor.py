@@ -1,5 +1,6 @@
 """Optimizer-wrapper constructor that adds the AdderNet adaptive learning rate."""
 import copy
+import logging
 
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -128,7 +129,7 @@ class AdderOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if unused:
             print_log(f'AdderOptimWrapperConstructor: custom_keys {unused} '
                       'set adder_eta but match no adder weight',
-                      logger='current', level='WARNING')
+                      logger='current', level=logging.WARNING)
         return found
 
     def __call__(self, model):
@@ -138,7 +139,7 @@ class AdderOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             print_log('AdderOptimWrapperConstructor: the model has no '
                       'trainable AdderConv2d; the optimizer is left as the '
                       'default constructor builds it',
-                      logger='current', level='WARNING')
+                      logger='current', level=logging.WARNING)
             optim_wrapper.adder_grad_normalizer = None
             return optim_wrapper
         normalizer = AdderGradNormalizer(
