@@ -404,6 +404,24 @@ def test_zero_batch(fn):
     assert torch.equal(b.grad, torch.zeros_like(b))
 
 
+@pytest.mark.parametrize('needs', ['input', 'weight', 'bias'])
+def test_partial_requires_grad(needs):
+    gen = torch.Generator().manual_seed(19)
+    x = torch.randn(2, 4, 7, 7, generator=gen, dtype=torch.float64)
+    w = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64)
+    want = oracle(x, w, b, g, stride=2, padding=1, groups=2)
+    t = dict(input=x, weight=w, bias=b)[needs].requires_grad_()
+    adder2d(x, w, b, stride=2, padding=1, groups=2).backward(g)
+    torch.testing.assert_close(
+        t.grad, want[('input', 'weight', 'bias').index(needs) + 1],
+        rtol=1e-12, atol=1e-11)
+    others = [v for k, v in dict(input=x, weight=w, bias=b).items()
+              if k != needs]
+    assert all(v.grad is None for v in others)
+
+
 def test_deterministic():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(4, 8, 12, 12, generator=gen)
