@@ -294,7 +294,6 @@ def test_mmengine_loaders_refuse_other_callables(tmp_path, kind):
 
 # ------------------------------------------------------ the allow-list
 def test_allow_list_is_exact():
-    from numpy.lib.format import descr_to_dtype  # noqa: F401 (numpy ok)
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2

@@ -37,7 +37,8 @@ def oracle(x, w, b, g, stride=1, padding=0, dilation=1, groups=1):
     Returns (y, gx, gw, gb) in float64.
     """
     x, w, g = x.double(), w.double(), g.double()
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    dh, dw = _pair(dilation)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     og = o // groups
@@ -101,8 +102,9 @@ def assert_grads_close(got, want, rtol, atol, what=''):
         if e is None:
             assert a is None, f'{what}: unexpected {name}'
             continue
-        torch.testing.assert_close(a.double(), e.double(), rtol=rtol,
-                                   atol=atol, msg=lambda m: f'{what} {name}: {m}')
+        torch.testing.assert_close(
+            a.double(), e.double(), rtol=rtol, atol=atol,
+            msg=lambda m: f'{what} {name}: {m}')
 
 
 # ------------------------------------------------------- oracle and reference
@@ -223,7 +225,8 @@ def test_parity_float32(case):
     # Terms summed per output: K = C/groups*kh*kw for the forward, about
     # N*Ho*Wo for grad_weight; fp32 rounding grows with both.
     y = want[0]
-    terms = c['c'] // c['groups'] * c['kh'] * c['kw'] + y[0, 0].numel() * c['n']
+    k = c['c'] // c['groups'] * c['kh'] * c['kw']
+    terms = k + y[0, 0].numel() * c['n']
     assert_grads_close(got, want, 1e-5, 2e-6 * terms, f'float32 {case}')
 
 
@@ -259,7 +262,8 @@ BAD_INPUTS = [
      'padding must be non-negative'),
     ('zero dilation', {}, dict(dilation=(0, 1)), ValueError,
      'dilation must be positive'),
-    ('zero groups', {}, dict(groups=0), ValueError, 'groups must be a positive'),
+    ('zero groups', {}, dict(groups=0), ValueError,
+     'groups must be a positive'),
     ('triple stride', {}, dict(stride=(1, 1, 1)), ValueError,
      'stride must be an int or a pair'),
     ('float stride', {}, dict(stride=2.0), ValueError,
@@ -315,8 +319,8 @@ def test_ext_direct_bad_args_raise():
     bad = [
         ('must be 4-D', lambda: fwd(x[0], w, None, one, zero, one, 1)),
         ('weight must be 4-D', lambda: fwd(x, w[0], None, one, zero, one, 1)),
-        ('does not match weight dtype', lambda: fwd(x, w.double(), None, one,
-                                                   zero, one, 1)),
+        ('does not match weight dtype',
+         lambda: fwd(x, w.double(), None, one, zero, one, 1)),
         ('floating point', lambda: fwd(x.long(), w.long(), None, one, zero,
                                        one, 1)),
         ('stride must be positive', lambda: fwd(x, w, None, [0, 1], zero, one,
