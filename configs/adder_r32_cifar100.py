@@ -1,0 +1,15 @@
+# AdderNet ResNet-32 on CIFAR-100, the paper's CIFAR recipe (400 epochs,
+# batch 256 on 1 GPU).  python tools/train.py configs/adder_r32_cifar100.py
+_base_ = [
+    './_base_/models/adder_r32_cifar.py',
+    './_base_/datasets/cifar100_bs256_adder.py',
+    './_base_/schedules/cifar_bs256_cos400e_adder.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['adder_mm'], allow_failed_imports=False)
+
+model = dict(head=dict(num_classes=100))
+
+default_hooks = dict(
+    checkpoint=dict(
+        type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best='auto'))
