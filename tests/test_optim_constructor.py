@@ -368,6 +368,43 @@ def test_non_finite_grad_left_alone():
     assert torch.equal(w.grad, torch.zeros(2, 3))
 
 
+def test_normalizer_mixed_dtypes_missing_grad_and_attach_errors():
+    a = nn.Parameter(torch.randn(4, 2, 3, 3))
+    b = nn.Parameter(torch.randn(6, 4, 1, 1, dtype=torch.float64))
+    c = nn.Parameter(torch.randn(2, 2, 1, 1))  # no gradient this step
+    normalizer = AdderGradNormalizer([('a', a, 0.2), ('b', b, 0.5),
+                                      ('c', c, 0.2), ('a_again', a, 0.2)])
+    assert normalizer.names == ['a', 'b', 'c']  # shared weight once
+    ga, gb = torch.randn_like(a), torch.randn_like(b)
+    a.grad, b.grad = ga.clone(), gb.clone()
+    optimizer = torch.optim.SGD([a, b, c], lr=1.)
+    normalizer.attach(optimizer)
+    optimizer.step()
+    torch.testing.assert_close(a.grad, paper_scale(ga, 0.2) * ga)
+    torch.testing.assert_close(b.grad, paper_scale(gb, 0.5) * gb)
+    assert b.grad.dtype == torch.float64 and c.grad is None
+    with pytest.raises(RuntimeError, match='already attached'):
+        normalizer.attach(optimizer)
+    normalizer.detach()
+    assert not optimizer._optimizer_step_pre_hooks
+    with pytest.raises(ValueError, match=r"not optimised.*'c'"):
+        normalizer.attach(torch.optim.SGD([a, b], lr=1.))
+    with pytest.raises(ValueError, match='eps'):
+        AdderGradNormalizer([('a', a, 0.2)], eps=-1.)
+    with pytest.raises(TypeError, match='not a tensor'):
+        AdderGradNormalizer([('a', 'weight', 0.2)])
+
+
+def test_half_precision_grad_norm_does_not_overflow():
+    w = nn.Parameter(torch.ones(64, 64, 3, 3, dtype=torch.float16))
+    # sum of squares 3.7e8 overflows fp16 (max 65504); the norm must not.
+    w.grad = torch.full_like(w, 100.)
+    AdderGradNormalizer([('w', w, 0.2)])(None, (), {})
+    assert w.grad.dtype == torch.float16
+    # Uniform gradient: every element becomes eta * sqrt(k) / sqrt(k) = eta.
+    torch.testing.assert_close(w.grad, torch.full_like(w, 0.2))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
