@@ -1,4 +1,4 @@
-"""Optimizer-wrapper constructor that adds the AdderNet adaptive learning rate."""
+"""Optimizer-wrapper constructor adding the AdderNet adaptive learning rate."""
 import copy
 import logging
 
