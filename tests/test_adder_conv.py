@@ -142,13 +142,8 @@ def test_conv_module_forward_backward():
     assert 'conv.bias' not in m.state_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='known bug: ConvModule.init_weights() Kaiming-inits a wrapped conv '
-    'without its own init_weights(); AdderConv2d has none, so adders built '
-    'by ConvModule lose the std-normal init (fix: AdderConv2d.init_weights '
-    'calling reset_parameters)')
 def test_conv_module_keeps_std_normal_init():
+    # ConvModule Kaiming-inits any wrapped conv without its own init_weights.
     torch.manual_seed(4)
     m = ConvModule(64, 64, 3, conv_cfg=dict(type='Adder'),
                    norm_cfg=dict(type='BN'))

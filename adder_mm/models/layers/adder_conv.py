@@ -68,6 +68,16 @@ class AdderConv2d(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def init_weights(self):
+        """Re-apply the paper's init.
+
+        Having ``init_weights`` tells mmcv's ConvModule (and MMEngine's
+        BaseModule) to leave this layer to its own init instead of the Kaiming
+        init meant for multiplication convs. A Pretrained init_cfg or a
+        loaded checkpoint still overrides it, as they run later.
+        """
+        self.reset_parameters()
+
     def forward(self, x):
         return adder2d(x, self.weight, self.bias, self.stride, self.padding,
                        self.dilation, self.groups)
