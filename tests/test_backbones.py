@@ -133,8 +133,8 @@ def test_init_weights_sets_adder_weights_std_normal():
 
 
 def test_adder_deep_stem_keeps_std_normal_after_init():
-    # mmcv's ConvModule Kaiming-inits its conv in init_weights(); the adder
-    # stem convs must still end std-normal.
+    # The deep stem's ConvModules sit in an nn.Sequential: only init_cfg
+    # reaches them, and it must make the adder stem convs std-normal.
     bb = AdderResNet(
         depth=18, deep_stem=True, stem_conv_cfg=dict(type='Adder'))
     stem = [m.conv for m in bb.stem if isinstance(m, ConvModule)]

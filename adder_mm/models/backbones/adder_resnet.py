@@ -8,17 +8,17 @@ gets its own ``stem_conv_cfg`` (ordinary conv by default, as in the paper).
 """
 import copy
 
-from mmcv.cnn import ConvModule
 from mmpretrain.models.backbones import ResNet
 from mmpretrain.registry import MODELS
 
-from ..layers import AdderConv2d
-
 # mmpretrain's ResNet init plus an explicit std-normal init of the adder
-# weights. mmengine matches ``layer`` against class names (and base class
-# names), so Kaiming(layer='Conv2d') never touches AdderConv2d; without the
-# Normal entry the adder weights would only keep their construction-time
-# init and a re-run of init_weights() would not restore them.
+# weights (the paper's code). mmengine matches ``layer`` against class (and
+# base class) names, so Kaiming(layer='Conv2d') never reaches AdderConv2d;
+# and BaseModule.init_weights() only calls the init_weights() of children
+# it can reach through BaseModules, which stops at mmpretrain's ResLayer and
+# the deep stem (plain nn.Sequential), so AdderConv2d.init_weights() is not
+# run there either. Without the Normal entry, init_weights() would leave the
+# adder weights as they were (checked in tests/test_backbones.py).
 ADDER_RESNET_INIT_CFG = [
     dict(type='Kaiming', layer=['Conv2d']),
     dict(type='Normal', layer=['AdderConv2d'], mean=0., std=1.),
@@ -55,19 +55,6 @@ class AdderStemMixin:
         # mmpretrain's ResNet.train() returns None; nn.Module's returns self.
         super().train(mode)
         return self
-
-    def init_weights(self):
-        super().init_weights()
-        if (isinstance(self.init_cfg, dict)
-                and self.init_cfg.get('type') == 'Pretrained'):
-            return
-        # mmcv's ConvModule.init_weights() Kaiming-inits any wrapped conv
-        # that has no init_weights() of its own, after our Normal init_cfg
-        # ran: this hits an adder deep stem (stem_conv_cfg=dict(type='Adder')
-        # with deep_stem=True). Restore the paper's std-normal init there.
-        for m in self.modules():
-            if isinstance(m, ConvModule) and isinstance(m.conv, AdderConv2d):
-                m.conv.reset_parameters()
 
 
 @MODELS.register_module()
