@@ -14,11 +14,11 @@
 // Temporaries: per thread, a few chunk-sized buffers (PC*K elements, bounded
 // by kChunkBytes), far below one image's im2col.
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include "../adder2d.h"
 #include "adder2d_cpu_isa.h"
@@ -73,19 +73,23 @@ const KernelTable<double>& kernels<double>() {
   return t;
 }
 
-// Uninitialised aligned scratch (std::vector would zero it for nothing).
+// Uninitialised scratch from the c10 CPU allocator (so memory profilers see
+// it), one slice per thread; allocated on the calling thread before the
+// parallel region.
 template <typename T>
-struct Scratch {
-  T* ptr = nullptr;
-  explicit Scratch(int64_t n) {
-    const size_t bytes = ((std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64) * 64;
-    ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(ptr != nullptr, "adder2d: out of memory for a ", bytes,
-                "-byte CPU scratch buffer");
+class Scratch {
+ public:
+  Scratch(int64_t per_thread, int64_t threads)
+      : stride_(((std::max<int64_t>(per_thread, 1) * sizeof(T) + 63) / 64) *
+                64 / sizeof(T)),
+        data_(c10::GetCPUAllocator()->allocate(stride_ * threads * sizeof(T))) {}
+  T* slice(int64_t thread) const {
+    return static_cast<T*>(data_.get()) + thread * stride_;
   }
-  ~Scratch() { std::free(ptr); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
+
+ private:
+  int64_t stride_;
+  at::DataPtr data_;
 };
 
 // A run of strip slots that lie on one output row.
@@ -239,11 +243,12 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
 
   // Weight panels [G][nob][K][MR], zero rows past Og (their results are
   // dropped); plus per-channel sums for the min identity.
-  std::vector<T> A(G * nob * K * MR);
+  Scratch<T> A_(G * nob * K * MR, 1);
+  T* const A = A_.slice(0);
   at::parallel_for(0, G * nob, 1, [&](int64_t b, int64_t e) {
     for (int64_t gb = b; gb < e; ++gb) {
       const int64_t g = gb / nob, ob = gb % nob;
-      T* a = A.data() + gb * K * MR;
+      T* a = A + gb * K * MR;
       for (int r = 0; r < MR; ++r) {
         const int64_t o = ob * MR + r;
         const T* wo = w + (g * Og + o) * K;
@@ -251,11 +256,13 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
       }
     }
   });
-  std::vector<T> Sw;
+  Scratch<T> Sw_(min_id ? p.O : 1, 1);
+  T* const Sw = Sw_.slice(0);
   if (min_id) {
-    Sw.assign(p.O, T(0));
-    for (int64_t o = 0; o < p.O; ++o)
+    for (int64_t o = 0; o < p.O; ++o) {
+      Sw[o] = T(0);
       for (int64_t k = 0; k < K; ++k) Sw[o] += w[o * K + k];
+    }
   }
 
   const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
@@ -266,9 +273,16 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
       1, kPanelBytes / (K * MR * static_cast<int64_t>(sizeof(T))));
   ChunkGeom cg{&p, Cg, K, K, NR};
 
+  const int64_t nthreads = at::get_num_threads();
+  Scratch<T> bufs(PC * K, nthreads), sxs_(PC, nthreads);
   at::parallel_for(0, p.N * G * nchunk, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> buf(PC * K);
-    Scratch<T> sx(PC);
+    // Clamped: a call nested in another parallel region runs inline on a
+    // thread whose number may exceed this call's thread count.
+    const int64_t tid =
+        std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+    struct {
+      T* ptr;
+    } buf{bufs.slice(tid)}, sx{sxs_.slice(tid)};
     alignas(64) T tile[16 * 64];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (G * nchunk), g = (t / nchunk) % G,
@@ -292,7 +306,7 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
           const int valid =
               static_cast<int>(std::min<int64_t>(NR, len - s * NR));
           for (int64_t ob = ob0; ob < ob1; ++ob) {
-            const T* a = A.data() + (g * nob + ob) * K * MR;
+            const T* a = A + (g * nob + ob) * K * MR;
             const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
             if (min_id) {
               kt.fwd_tile_min(K, a, b, tile);
@@ -341,13 +355,14 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
   // WT[g][blk][kb][o][r] = W[g*Og + o, k0 + kb*MK + r] (zero rows past the
   // block): one contiguous stream per grad tile.
   const int64_t nkb_max = rows_pad_max / MK;
-  std::vector<T> WT(G * nblk * nkb_max * Og * MK);
+  Scratch<T> WT_(G * nblk * nkb_max * Og * MK, 1);
+  T* const WT = WT_.slice(0);
   at::parallel_for(0, G * nblk, 1, [&](int64_t b, int64_t e) {
     for (int64_t gb = b; gb < e; ++gb) {
       const int64_t g = gb / nblk, blk = gb % nblk;
       const int64_t k0 = blk * cpb * KK;
       const int64_t rows = std::min(cpb, Cg - blk * cpb) * KK;
-      T* wt = WT.data() + gb * nkb_max * Og * MK;
+      T* wt = WT + gb * nkb_max * Og * MK;
       for (int64_t kb = 0; kb < nkb_max; ++kb)
         for (int64_t o = 0; o < Og; ++o)
           for (int r = 0; r < MK; ++r) {
@@ -361,10 +376,16 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
   const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
   const int64_t nchunk = ceil_div(L, PC);
 
+  Scratch<T> xbufs(PC * rows_pad_max, nthreads), cbufs(PC * rows_pad_max, nthreads),
+      gbufs(PC * Og, nthreads);
   at::parallel_for(0, p.N * G * nblk, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> xbuf(PC * rows_pad_max);
-    Scratch<T> cbuf(PC * rows_pad_max);
-    Scratch<T> gbuf(PC * Og);
+    // Clamped: a call nested in another parallel region runs inline on a
+    // thread whose number may exceed this call's thread count.
+    const int64_t tid =
+        std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+    struct {
+      T* ptr;
+    } xbuf{xbufs.slice(tid)}, cbuf{cbufs.slice(tid)}, gbuf{gbufs.slice(tid)};
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (G * nblk), g = (t / nblk) % G, blk = t % nblk;
       const int64_t c0 = g * Cg + blk * cpb;
@@ -375,7 +396,7 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
       const T* xin = x + (n * p.C + c0) * HW;
       T* gout = gx + (n * p.C + c0) * HW;
       std::fill(gout, gout + channels * HW, T(0));
-      const T* wt = WT.data() + (g * nblk + blk) * nkb_max * Og * MK;
+      const T* wt = WT + (g * nblk + blk) * nkb_max * Og * MK;
       for (int64_t c = 0; c < nchunk; ++c) {
         const int64_t q0 = c * PC, len = std::min(PC, L - q0);
         const int64_t ns = ceil_div(len, NR);
