@@ -1,10 +1,12 @@
 """The paper configs: recipe values, and every config trains 2 iterations.
 
 The smoke runs replace the dataset by a few generated 16x16 PNGs
-(mmpretrain's CustomDataset) and the 32/224 px crops by 16 px ones, so each config
-builds a real Runner and runs two training iterations and a validation
+(mmpretrain's CustomDataset) and the 32/224 px crops by 16 px ones, so each
+config builds a real Runner and runs two training iterations and a validation
 epoch in seconds on a CPU.
 """
+import copy
+import functools
 import math
 import os.path as osp
 
@@ -35,8 +37,14 @@ PAPER_MEAN = (0.4914, 0.4822, 0.4465)
 PAPER_STD = (0.2023, 0.1994, 0.2010)
 
 
-def _load(name):
+@functools.lru_cache(maxsize=None)
+def _load_cached(name):
     return Config.fromfile(osp.join(CONFIG_DIR, f'{name}.py'))
+
+
+def _load(name):
+    """A fresh copy of a config (parsing the mmpretrain:: bases is slow)."""
+    return copy.deepcopy(_load_cached(name))
 
 
 def _unscoped(obj):

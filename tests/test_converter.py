@@ -149,7 +149,7 @@ def test_converted_weights_give_official_logits(arch, prefix, tmp_path):
     sd = _official_state_dict(arch, gen)
     size = 32
     with torch.no_grad():
-        official_forward(sd, torch.randn(8, 3, size, size, generator=gen),
+        official_forward(sd, torch.randn(6, 3, size, size, generator=gen),
                          arch, calibrate=True)
     src, dst = tmp_path / 'official.pth', tmp_path / 'ours.pth'
     torch.save({prefix + k: v for k, v in sd.items()}, src)
@@ -157,7 +157,7 @@ def test_converted_weights_give_official_logits(arch, prefix, tmp_path):
 
     model = _config_model(arch)
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
-    x = torch.randn(4, 3, size, size, generator=gen)
+    x = torch.randn(3, 3, size, size, generator=gen)
     with torch.no_grad():
         want = official_forward(sd, x, arch)
         got = model(x)

@@ -1,4 +1,4 @@
-"""LinearBNClsHead: Linear then BatchNorm1d on the logits (paper's classifier)."""
+"""LinearBNClsHead: Linear, then BatchNorm1d on the logits (the paper's)."""
 import pytest
 import torch
 import torch.nn.functional as F

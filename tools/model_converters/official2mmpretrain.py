@@ -10,12 +10,14 @@ configs/adder_r20_cifar10.py, adder_r32_cifar10.py or adder_r50_imagenet.py
 (any class count: it is read from the classifier's shape).
 
 Key mapping (official -> ours):
-    conv1.weight, bn1.*                   -> backbone.conv1.weight, backbone.bn1.*
-    layerI.J.convK.adder                  -> backbone.layerI.J.convK.weight
-    layerI.J.bnK.*                        -> backbone.layerI.J.bnK.*
-    layerI.0.downsample.0.adder / .1.*    -> backbone.layerI.0.downsample.0.weight / .1.*
-    fc.weight [C, D, 1, 1], fc.bias       -> head.fc.weight [C, D], head.fc.bias
-    bn2.* (BatchNorm on the logits)       -> head.bn.*
+    conv1.weight, bn1.*            -> backbone.conv1.weight, backbone.bn1.*
+    layerI.J.convK.adder           -> backbone.layerI.J.convK.weight
+    layerI.J.bnK.*                 -> backbone.layerI.J.bnK.*
+    layerI.0.downsample.0.adder    -> backbone.layerI.0.downsample.0.weight
+    layerI.0.downsample.1.*        -> backbone.layerI.0.downsample.1.*
+    fc.weight [C, D, 1, 1]         -> head.fc.weight [C, D]
+    fc.bias (ResNet-50)            -> head.fc.bias
+    bn2.* (BatchNorm on logits)    -> head.bn.*
 """
 import argparse
 import re

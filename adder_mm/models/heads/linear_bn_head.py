@@ -1,4 +1,4 @@
-"""The paper's classifier: a linear layer followed by BatchNorm on the logits."""
+"""The paper's classifier: a linear layer, then BatchNorm on the logits."""
 from typing import Optional, Tuple
 
 import torch
