@@ -1,0 +1,462 @@
+"""Speed and memory of adder2d against F.conv2d and the paper's unfold form.
+
+    python tools/analysis_tools/benchmark_adder.py [--device cpu|cuda]
+        [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
+        [--repeat N] [--warmup N] [--model-step] [--no-unfold]
+        [--unfold-max-mib M] [--out FILE.json] [--markdown FILE.md]
+
+For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
+ResNet-50 (ImageNet 224x224, batch 32): median wall time of the forward and
+of forward+backward (grad of input and weight) of
+
+- ``adder``: ``adder_mm.ops.adder2d`` (compiled kernels),
+- ``conv``: ``F.conv2d`` on the same shapes (oneDNN / cuDNN),
+- ``unfold``: the paper's formulation, re-implemented here from the formula:
+  unfold X to [N, K, L], build the [Cout, K, N*L] broadcast difference and
+  abs-sum it; backward through the same explicit formulas. It needs several
+  [Cout, K, N*L] temporaries, so it runs with fewer repeats and is skipped
+  where one such temporary exceeds --unfold-max-mib,
+
+ratios from the same run (adder/conv, unfold/adder), and the peak memory of
+one forward+backward:
+
+- CPU: growth of the process's resident set (VmHWM after the step minus
+  VmRSS before it, the high-water mark reset through /proc/self/clear_refs).
+  It counts every byte the step touches (tensors, oneDNN scratch, our
+  kernels' scratch), not just tensors. The script re-executes itself with
+  MALLOC_MMAP_THRESHOLD_ fixed so glibc returns freed large blocks to the
+  OS instead of recycling them invisibly.
+- CUDA: torch.cuda.max_memory_allocated() minus the allocation before.
+Inputs and weights exist before the step and are not counted.
+
+``--model-step`` times a whole training step (forward, cross entropy,
+backward, SGD step) of AdderResNet-20 against its CNN twin (needs mmpretrain;
+skipped with a message when it is not importable). CUDA: TF32 off,
+synchronised around every timed call. Needs torch only otherwise.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from adder_mm.ops import adder2d, ext_info  # noqa: E402
+
+_MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
+
+
+# ----------------------------------------------------------------- shapes
+def resnet20_layers(batch=64):
+    """Distinct adder layers of the paper's CIFAR ResNet-20 (no stem/fc).
+
+    Returns a list of dicts: name, N, C, H, W, O, k, stride, pad.
+    """
+    layers, hw, cin = [], 32, 16
+    for stage, width in enumerate((16, 32, 64)):
+        stride = 1 if stage == 0 else 2
+        for block in range(3):
+            s = stride if block == 0 else 1
+            layers.append(_layer(f's{stage + 1}.conv1', batch, cin, hw, width, 3, s, 1))
+            out_hw = (hw + 2 - 3) // s + 1
+            layers.append(_layer(f's{stage + 1}.conv2', batch, width, out_hw, width, 3, 1, 1))
+            if s != 1 or cin != width:
+                layers.append(_layer(f's{stage + 1}.down', batch, cin, hw, width, 1, s, 0))
+            cin, hw = width, out_hw
+    return _distinct(layers)
+
+
+def resnet50_layers(batch=32):
+    """Distinct adder layers of torchvision's ResNet-50 (stride on the 3x3)."""
+    layers, hw, cin = [], 56, 64
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6),
+                                             (512, 3))):
+        for block in range(blocks):
+            s = 2 if (block == 0 and stage > 0) else 1
+            out_hw = (hw + 2 - 3) // s + 1
+            tag = f'l{stage + 1}'
+            layers.append(_layer(f'{tag}.conv1', batch, cin, hw, width, 1, 1, 0))
+            layers.append(_layer(f'{tag}.conv2', batch, width, hw, width, 3, s, 1))
+            layers.append(_layer(f'{tag}.conv3', batch, width, out_hw, width * 4, 1, 1, 0))
+            if block == 0:
+                layers.append(_layer(f'{tag}.down', batch, cin, hw, width * 4, 1, s, 0))
+            cin, hw = width * 4, out_hw
+    return _distinct(layers)
+
+
+def _layer(name, n, c, hw, o, k, s, p):
+    return dict(name=name, N=n, C=c, H=hw, W=hw, O=o, k=k, stride=s, pad=p)
+
+
+def _distinct(layers):
+    seen, out = set(), []
+    for lay in layers:
+        key = tuple(lay[k] for k in ('N', 'C', 'H', 'W', 'O', 'k', 'stride', 'pad'))
+        if key not in seen:
+            seen.add(key)
+            out.append(lay)
+    return out
+
+
+# ------------------------------------------------------ unfold formulation
+class UnfoldAdder(torch.autograd.Function):
+    """The paper's formulation: broadcast difference over [Cout, K, N*L].
+
+    Forward  Y = -sum_k |X_col[k, p] - W[o, k]|;
+    backward gW[o, k] = sum_p (X_col - W) * G,
+             gX_col[k, p] = sum_o clamp(W - X_col, -1, 1) * G, then fold.
+    groups=1, dilation 1 (all benchmark shapes).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding):
+        n, _, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        ho = (h + 2 * padding - kh) // stride + 1
+        wo = (wd + 2 * padding - kw) // stride + 1
+        xcol = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # N,K,L
+        xcol = xcol.permute(1, 0, 2).reshape(xcol.shape[1], -1)  # K, N*L
+        wcol = w.reshape(o, -1)
+        out = -(xcol.unsqueeze(0) - wcol.unsqueeze(2)).abs().sum(1)  # O, N*L
+        ctx.save_for_backward(xcol, wcol)
+        ctx.conf = (x.shape, w.shape, stride, padding, ho, wo)
+        return out.reshape(o, n, ho, wo).permute(1, 0, 2, 3).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        xcol, wcol = ctx.saved_tensors
+        xshape, wshape, stride, padding, ho, wo = ctx.conf
+        n = xshape[0]
+        gcol = g.permute(1, 0, 2, 3).reshape(wshape[0], -1)  # O, N*L
+        diff = xcol.unsqueeze(0) - wcol.unsqueeze(2)  # O, K, N*L
+        gw = (diff * gcol.unsqueeze(1)).sum(2).reshape(wshape)
+        gx = ((-diff).clamp(-1, 1) * gcol.unsqueeze(1)).sum(0)  # K, N*L
+        gx = gx.reshape(gx.shape[0], n, -1).permute(1, 0, 2)
+        gx = F.fold(gx, xshape[2:], wshape[2:], padding=padding, stride=stride)
+        return gx, gw, None, None
+
+
+def unfold_temp_bytes(lay, elem):
+    ho = (lay['H'] + 2 * lay['pad'] - lay['k']) // lay['stride'] + 1
+    wo = (lay['W'] + 2 * lay['pad'] - lay['k']) // lay['stride'] + 1
+    return lay['O'] * lay['C'] * lay['k']**2 * lay['N'] * ho * wo * elem
+
+
+# ----------------------------------------------------------------- timing
+def _sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, repeat, warmup):
+    """Median wall seconds of fn() over `repeat` calls after `warmup`."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _status_bytes(key):
+    with open('/proc/self/status') as f:
+        m = re.search(key + r':\s+(\d+) kB', f.read())
+    return int(m.group(1)) * 1024
+
+
+def peak_bytes(fn, device):
+    """Peak extra memory of one fn() call (see the module docstring)."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        base = _status_bytes('VmRSS')
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        return None
+    fn()
+    return _status_bytes('VmHWM') - base
+
+
+def bench_layer(lay, args, device, dtype):
+    n, c, h, w, o, k = (lay[x] for x in ('N', 'C', 'H', 'W', 'O', 'k'))
+    s, p = lay['stride'], lay['pad']
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen).relu().to(device, dtype)
+    wt = torch.randn(o, c, k, k, generator=gen).to(device, dtype)
+    ops = {
+        'adder': lambda a, b: adder2d(a, b, None, s, p),
+        'conv': lambda a, b: F.conv2d(a, b, None, s, p),
+        'unfold': lambda a, b: UnfoldAdder.apply(a, b, s, p),
+    }
+    names = ['adder', 'conv']
+    elem = torch.finfo(dtype).bits // 8
+    unfold_mib = unfold_temp_bytes(lay, elem) / 2**20
+    if args.unfold and unfold_mib <= args.unfold_max_mib:
+        names.append('unfold')
+    res = dict(lay)
+    res['unfold_temp_mib'] = round(unfold_mib, 1)
+    gout = None
+    for name in names:
+        op = ops[name]
+        # the unfold form is 2-3 orders slower: a couple of calls suffice
+        rep = args.repeat if name != 'unfold' else max(1, min(args.repeat, 2))
+        warm = args.warmup if name != 'unfold' else min(args.warmup, 1)
+        with torch.no_grad():
+            res[f'{name}_fwd_ms'] = 1e3 * median_time(
+                lambda: op(x, wt), device, rep, warm)
+            if gout is None:
+                gout = torch.randn(op(x, wt).shape, generator=gen).to(
+                    device, dtype)
+        xg = x.detach().requires_grad_()
+        wg = wt.detach().requires_grad_()
+
+        def step():
+            op(xg, wg).backward(gout)
+            xg.grad = None
+            wg.grad = None
+
+        res[f'{name}_fwdbwd_ms'] = 1e3 * median_time(step, device, rep, warm)
+        step()  # warm allocator and oneDNN caches before measuring memory
+        peak = peak_bytes(step, device)
+        res[f'{name}_peak_mib'] = None if peak is None else peak / 2**20
+    for what in ('fwd', 'fwdbwd', 'peak'):
+        unit = 'mib' if what == 'peak' else 'ms'
+        a, cv = res.get(f'adder_{what}_{unit}'), res.get(f'conv_{what}_{unit}')
+        res[f'adder_over_conv_{what}'] = (a / cv) if a and cv else None
+        u = res.get(f'unfold_{what}_{unit}')
+        res[f'unfold_over_adder_{what}'] = (u / a) if a and u else None
+    return res
+
+
+# ------------------------------------------------------------ model step
+def bench_model_step(args, device, dtype):
+    try:
+        from mmpretrain.models.backbones import ResNet_CIFAR  # noqa: F401
+
+        from adder_mm.models import AdderResNet_CIFAR
+    except ImportError as e:
+        print(f'--model-step skipped: mmpretrain/adder_mm.models not '
+              f'importable ({e})')
+        return None
+    import torch.nn as nn
+
+    def build(conv_cfg):
+        # Default init (standard-normal adder weights, as the paper's code);
+        # init_weights() would only add log noise to a timing.
+        backbone = AdderResNet_CIFAR(depth=20, conv_cfg=conv_cfg)
+        return nn.Sequential(backbone, _Head(64, 10)).to(device, dtype)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 32, 32, generator=gen).to(device, dtype)
+    y = torch.randint(0, 10, (64, ), generator=gen).to(device)
+    out = {}
+    for name, cfg in (('adder', dict(type='Adder')), ('conv', None)):
+        model = build(cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x).float(), y).backward()
+            opt.step()
+
+        out[f'{name}_step_ms'] = 1e3 * median_time(step, device, args.repeat,
+                                                   args.warmup)
+        step()
+        peak = peak_bytes(step, device)
+        out[f'{name}_step_peak_mib'] = None if peak is None else peak / 2**20
+    out['adder_over_conv_step'] = out['adder_step_ms'] / out['conv_step_ms']
+    if out['adder_step_peak_mib'] and out['conv_step_peak_mib']:
+        out['adder_over_conv_step_peak'] = (out['adder_step_peak_mib'] /
+                                            out['conv_step_peak_mib'])
+    return out
+
+
+class _Head(torch.nn.Module):
+    """Global average pool + linear classifier on the last stage."""
+
+    def __init__(self, channels, classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(channels, classes)
+
+    def forward(self, feats):
+        feat = feats[-1] if isinstance(feats, (tuple, list)) else feats
+        return self.fc(feat.mean(dim=(2, 3)))
+
+
+# ---------------------------------------------------------------- output
+def _fmt(v, nd=2):
+    if v is None:
+        return '-'
+    return f'{v:.{nd}f}'
+
+
+def markdown_table(results):
+    head = ('| suite | layer | N,C,HxW -> O, k/s | conv fwd ms | adder fwd ms '
+            '| adder/conv fwd | conv f+b ms | adder f+b ms | adder/conv f+b '
+            '| adder/conv peak mem | unfold/adder fwd | unfold/adder f+b |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for r in results:
+        shape = (f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
+                 f"{r['k']}/{r['stride']}")
+        lines.append(
+            f"| {r['suite']} | {r['name']} | {shape} | {_fmt(r['conv_fwd_ms'], 1)} "
+            f"| {_fmt(r['adder_fwd_ms'], 1)} | {_fmt(r['adder_over_conv_fwd'])} "
+            f"| {_fmt(r['conv_fwdbwd_ms'], 1)} | {_fmt(r['adder_fwdbwd_ms'], 1)} "
+            f"| {_fmt(r['adder_over_conv_fwdbwd'])} "
+            f"| {_fmt(r['adder_over_conv_peak'])} "
+            f"| {_fmt(r['unfold_over_adder_fwd'], 0)} "
+            f"| {_fmt(r['unfold_over_adder_fwdbwd'], 0)} |")
+    return '\n'.join(lines)
+
+
+def summary(results):
+    out = {}
+    for key in ('adder_over_conv_fwd', 'adder_over_conv_fwdbwd',
+                'adder_over_conv_peak', 'unfold_over_adder_fwd',
+                'unfold_over_adder_fwdbwd'):
+        vals = [r[key] for r in results if r.get(key) is not None]
+        if vals:
+            out[key] = dict(median=statistics.median(vals), min=min(vals),
+                            max=max(vals), count=len(vals))
+    return out
+
+
+def environment(device):
+    env = dict(torch=torch.__version__, python=platform.python_version(),
+               device=device, threads=torch.get_num_threads(),
+               ext=ext_info(), cpu=_cpu_name(),
+               cpu_capability=torch.backends.cpu.get_cpu_capability())
+    if device == 'cuda':
+        env['gpu'] = torch.cuda.get_device_name()
+    return env
+
+
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            m = re.search(r'model name\s*:\s*(.*)', f.read())
+        return m.group(1).strip() if m else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--dtype', default='float32',
+                        choices=['float32', 'float16', 'bfloat16'])
+    parser.add_argument('--suite', default='all',
+                        choices=['resnet20', 'resnet50', 'all'])
+    parser.add_argument('--repeat', type=int, default=5,
+                        help='timed calls per measurement (median)')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--model-step', action='store_true',
+                        help='also time an AdderResNet-20 training step')
+    parser.add_argument('--no-unfold', dest='unfold', action='store_false',
+                        help='skip the paper\'s unfold formulation')
+    parser.add_argument('--unfold-max-mib', type=float, default=1024,
+                        help='skip the unfold form where one [Cout, K, N*L] '
+                        'temporary exceeds this (MiB)')
+    parser.add_argument('--layers', default=None,
+                        help='comma-separated layer names to run (default all)')
+    parser.add_argument('--out', help='write results as JSON')
+    parser.add_argument('--markdown', help='write the table as markdown')
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0:
+        parser.error('--repeat must be >= 1 and --warmup >= 0')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if (args.device == 'cpu' and _MMAP_ENV not in os.environ
+            and sys.platform.startswith('linux') and argv is None):
+        # Fixed mmap threshold: freed large blocks leave the resident set.
+        os.environ[_MMAP_ENV] = str(128 * 1024)
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    device = args.device
+    if device == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('--device cuda: no CUDA device is available')
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dtype = getattr(torch, args.dtype)
+    suites = (['resnet20', 'resnet50'] if args.suite == 'all' else
+              [args.suite])
+    wanted = set(args.layers.split(',')) if args.layers else None
+    env = environment(device)
+    print(f"# {env['cpu'] if device == 'cpu' else env.get('gpu')}, "
+          f"torch {env['torch']}, {env['threads']} threads, {args.dtype}, "
+          f"ext {env['ext']}")
+    results = []
+    for suite in suites:
+        layers = resnet20_layers() if suite == 'resnet20' else resnet50_layers()
+        for lay in layers:
+            if wanted and lay['name'] not in wanted:
+                continue
+            r = bench_layer(lay, args, device, dtype)
+            r['suite'] = suite
+            results.append(r)
+            print(f"{suite:8s} {r['name']:9s} N{r['N']} C{r['C']} "
+                  f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
+                  f"fwd conv {r['conv_fwd_ms']:.1f} adder "
+                  f"{r['adder_fwd_ms']:.1f} ms (x{_fmt(r['adder_over_conv_fwd'])})"
+                  f" | f+b conv {r['conv_fwdbwd_ms']:.1f} adder "
+                  f"{r['adder_fwdbwd_ms']:.1f} ms "
+                  f"(x{_fmt(r['adder_over_conv_fwdbwd'])}) | peak "
+                  f"x{_fmt(r['adder_over_conv_peak'])} | unfold/adder fwd "
+                  f"{_fmt(r['unfold_over_adder_fwd'], 0)}", flush=True)
+    summ = summary(results)
+    table = markdown_table(results)
+    print('\n' + table + '\n')
+    for key, v in summ.items():
+        print(f"{key}: median {v['median']:.2f} (min {v['min']:.2f}, "
+              f"max {v['max']:.2f}, n={v['count']})")
+    model = bench_model_step(args, device, dtype) if args.model_step else None
+    if model:
+        print(f"AdderResNet-20 training step (batch 64): adder "
+              f"{model['adder_step_ms']:.1f} ms, CNN twin "
+              f"{model['conv_step_ms']:.1f} ms, ratio "
+              f"{model['adder_over_conv_step']:.2f}; peak "
+              f"{_fmt(model['adder_step_peak_mib'], 0)} vs "
+              f"{_fmt(model['conv_step_peak_mib'], 0)} MiB")
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(env=env, args=vars(args), layers=results,
+                           summary=summ, model_step=model), f, indent=1)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(f"{env['cpu'] if device == 'cpu' else env.get('gpu')}, "
+                    f"torch {env['torch']}, {env['threads']} threads, "
+                    f"{args.dtype}\n\n{table}\n")
+            if model:
+                f.write(f"\nAdderResNet-20 training step (batch 64): "
+                        f"{model['adder_step_ms']:.1f} ms vs CNN "
+                        f"{model['conv_step_ms']:.1f} ms "
+                        f"(x{model['adder_over_conv_step']:.2f})\n")
+    return results
+
+
+if __name__ == '__main__':
+    main()
