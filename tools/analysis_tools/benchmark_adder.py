@@ -60,18 +60,21 @@ _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
 def resnet20_layers(batch=64):
     """Distinct adder layers of the paper's CIFAR ResNet-20 (no stem/fc).
 
-    Returns a list of dicts: name, N, C, H, W, O, k, stride, pad.
+    Returns a list of dicts: name (first module with that shape, e.g.
+    ``layer2.0.conv1``; ``down`` = the 1x1 shortcut), N, C, H, W, O, k,
+    stride, pad.
     """
     layers, hw, cin = [], 32, 16
     for stage, width in enumerate((16, 32, 64)):
         stride = 1 if stage == 0 else 2
         for block in range(3):
             s = stride if block == 0 else 1
-            layers.append(_layer(f's{stage + 1}.conv1', batch, cin, hw, width, 3, s, 1))
+            tag = f'layer{stage + 1}.{block}'
+            layers.append(_layer(f'{tag}.conv1', batch, cin, hw, width, 3, s, 1))
             out_hw = (hw + 2 - 3) // s + 1
-            layers.append(_layer(f's{stage + 1}.conv2', batch, width, out_hw, width, 3, 1, 1))
+            layers.append(_layer(f'{tag}.conv2', batch, width, out_hw, width, 3, 1, 1))
             if s != 1 or cin != width:
-                layers.append(_layer(f's{stage + 1}.down', batch, cin, hw, width, 1, s, 0))
+                layers.append(_layer(f'{tag}.down', batch, cin, hw, width, 1, s, 0))
             cin, hw = width, out_hw
     return _distinct(layers)
 
@@ -84,7 +87,7 @@ def resnet50_layers(batch=32):
         for block in range(blocks):
             s = 2 if (block == 0 and stage > 0) else 1
             out_hw = (hw + 2 - 3) // s + 1
-            tag = f'l{stage + 1}'
+            tag = f'layer{stage + 1}.{block}'
             layers.append(_layer(f'{tag}.conv1', batch, cin, hw, width, 1, 1, 0))
             layers.append(_layer(f'{tag}.conv2', batch, width, hw, width, 3, s, 1))
             layers.append(_layer(f'{tag}.conv3', batch, width, out_hw, width * 4, 1, 1, 0))
@@ -418,7 +421,7 @@ def main(argv=None):
             r = bench_layer(lay, args, device, dtype)
             r['suite'] = suite
             results.append(r)
-            print(f"{suite:8s} {r['name']:9s} N{r['N']} C{r['C']} "
+            print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
                   f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
                   f"fwd conv {r['conv_fwd_ms']:.1f} adder "
                   f"{r['adder_fwd_ms']:.1f} ms (x{_fmt(r['adder_over_conv_fwd'])})"

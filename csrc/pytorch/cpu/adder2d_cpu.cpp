@@ -224,14 +224,6 @@ int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
   return std::min(strips, ceil_div(L, NR)) * NR;
 }
 
-bool use_min_identity() {
-  static const bool on = [] {
-    const char* e = std::getenv("ADDER_MM_CPU_FWD_MIN");
-    return e != nullptr && e[0] == '1';
-  }();
-  return on;
-}
-
 template <typename T>
 void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
   const KernelTable<T>& kt = kernels<T>();
@@ -239,10 +231,9 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L();
   const int64_t nob = ceil_div(Og, MR);
-  const bool min_id = use_min_identity();
 
   // Weight panels [G][nob][K][MR], zero rows past Og (their results are
-  // dropped); plus per-channel sums for the min identity.
+  // dropped).
   Scratch<T> A_(G * nob * K * MR, 1);
   T* const A = A_.slice(0);
   at::parallel_for(0, G * nob, 1, [&](int64_t b, int64_t e) {
@@ -256,14 +247,6 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
       }
     }
   });
-  Scratch<T> Sw_(min_id ? p.O : 1, 1);
-  T* const Sw = Sw_.slice(0);
-  if (min_id) {
-    for (int64_t o = 0; o < p.O; ++o) {
-      Sw[o] = T(0);
-      for (int64_t k = 0; k < K; ++k) Sw[o] += w[o * K + k];
-    }
-  }
 
   const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
   const int64_t nchunk = ceil_div(L, PC);
@@ -274,58 +257,34 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
   ChunkGeom cg{&p, Cg, K, K, NR};
 
   const int64_t nthreads = at::get_num_threads();
-  Scratch<T> bufs(PC * K, nthreads), sxs_(PC, nthreads);
+  Scratch<T> bufs(PC * K, nthreads);
   at::parallel_for(0, p.N * G * nchunk, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
     const int64_t tid =
         std::min<int64_t>(at::get_thread_num(), nthreads - 1);
-    struct {
-      T* ptr;
-    } buf{bufs.slice(tid)}, sx{sxs_.slice(tid)};
+    T* const buf = bufs.slice(tid);
     alignas(64) T tile[16 * 64];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (G * nchunk), g = (t / nchunk) % G,
                     c = t % nchunk;
       const int64_t q0 = c * PC, len = std::min(PC, L - q0);
       const int64_t ns = ceil_div(len, NR);
-      im2col_chunk(x + (n * p.C + g * Cg) * p.H * p.W, cg, q0, len, buf.ptr);
-      if (min_id) {
-        for (int64_t s = 0; s < ns; ++s) {
-          const T* b = buf.ptr + s * K * NR;
-          T* sxs = sx.ptr + s * NR;
-          for (int u = 0; u < NR; ++u) sxs[u] = T(0);
-          for (int64_t k = 0; k < K; ++k)
-            for (int u = 0; u < NR; ++u) sxs[u] += b[k * NR + u];
-        }
-      }
+      im2col_chunk(x + (n * p.C + g * Cg) * p.H * p.W, cg, q0, len, buf);
       for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
         const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
         for (int64_t s = 0; s < ns; ++s) {
-          const T* b = buf.ptr + s * K * NR;
+          const T* b = buf + s * K * NR;
           const int valid =
               static_cast<int>(std::min<int64_t>(NR, len - s * NR));
           for (int64_t ob = ob0; ob < ob1; ++ob) {
             const T* a = A + (g * nob + ob) * K * MR;
             const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
-            if (min_id) {
-              kt.fwd_tile_min(K, a, b, tile);
-            } else {
-              kt.fwd_tile(K, a, b, tile);
-            }
+            kt.fwd_tile(K, a, b, tile);
             for (int r = 0; r < rows; ++r) {
               const int64_t o = g * Og + ob * MR + r;
-              T* dst = y + (n * p.O + o) * L + q0 + s * NR;
-              const T* src = tile + r * NR;
-              if (min_id) {
-                // -(Sx + Sw - 2 sum min): the min identity of |a - b|.
-                const T sw = Sw[o];
-                const T* sxs = sx.ptr + s * NR;
-                for (int u = 0; u < valid; ++u)
-                  dst[u] = T(2) * src[u] - sxs[u] - sw;
-              } else {
-                std::memcpy(dst, src, sizeof(T) * valid);
-              }
+              std::memcpy(y + (n * p.O + o) * L + q0 + s * NR, tile + r * NR,
+                          sizeof(T) * valid);
             }
           }
         }
@@ -383,9 +342,9 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
     // thread whose number may exceed this call's thread count.
     const int64_t tid =
         std::min<int64_t>(at::get_thread_num(), nthreads - 1);
-    struct {
-      T* ptr;
-    } xbuf{xbufs.slice(tid)}, cbuf{cbufs.slice(tid)}, gbuf{gbufs.slice(tid)};
+    T* const xbuf = xbufs.slice(tid);
+    T* const cbuf = cbufs.slice(tid);
+    T* const gbuf = gbufs.slice(tid);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (G * nblk), g = (t / nblk) % G, blk = t % nblk;
       const int64_t c0 = g * Cg + blk * cpb;
@@ -400,7 +359,7 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
       for (int64_t c = 0; c < nchunk; ++c) {
         const int64_t q0 = c * PC, len = std::min(PC, L - q0);
         const int64_t ns = ceil_div(len, NR);
-        im2col_chunk(xin, cg, q0, len, xbuf.ptr);
+        im2col_chunk(xin, cg, q0, len, xbuf);
         // gbuf[s][o][slot] = G[n, g*Og + o, q0 + s*NR + slot], zero past len
         // (a zero gradient adds nothing to the padded slots).
         for (int64_t s = 0; s < ns; ++s) {
@@ -408,20 +367,20 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
               static_cast<int>(std::min<int64_t>(NR, len - s * NR));
           for (int64_t o = 0; o < Og; ++o) {
             const T* src = go + (n * p.O + g * Og + o) * L + q0 + s * NR;
-            T* dst = gbuf.ptr + (s * Og + o) * NR;
+            T* dst = gbuf + (s * Og + o) * NR;
             std::memcpy(dst, src, sizeof(T) * valid);
             for (int u = valid; u < NR; ++u) dst[u] = T(0);
           }
         }
         for (int64_t s = 0; s < ns; ++s) {
-          const T* gs = gbuf.ptr + s * Og * NR;
-          const T* xs = xbuf.ptr + s * rows_pad * NR;
-          T* cs = cbuf.ptr + s * rows_pad * NR;
+          const T* gs = gbuf + s * Og * NR;
+          const T* xs = xbuf + s * rows_pad * NR;
+          T* cs = cbuf + s * rows_pad * NR;
           for (int64_t kb = 0; kb < rows_pad / MK; ++kb)
             kt.bwd_tile(Og, wt + kb * Og * MK, gs, xs + kb * MK * NR,
                         cs + kb * MK * NR);
         }
-        col2im_chunk(cbuf.ptr, cg, q0, len, gout);
+        col2im_chunk(cbuf, cg, q0, len, gout);
       }
     }
   });

@@ -58,34 +58,6 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
       Ops::store(C + r * NR + v * L, Ops::neg(acc[r][v]));
 }
 
-template <class Ops, int MR, int NV>
-void fwd_tile_min(int64_t K, const typename Ops::T* A,
-                  const typename Ops::T* B, typename Ops::T* C) {
-  using V = typename Ops::V;
-  constexpr int L = Ops::kLanes, NR = NV * L;
-  V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Ops::zero();
-  for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = Ops::load(B + k * NR + v * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const V a = Ops::set1(A[k * MR + r]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        acc[r][v] = Ops::add(acc[r][v], Ops::min(b[v], a));
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) Ops::store(C + r * NR + v * L, acc[r][v]);
-}
-
 template <class Ops, int MK, int NV>
 void bwd_tile(int64_t Og, const typename Ops::T* WT, const typename Ops::T* Gp,
               const typename Ops::T* X, typename Ops::T* C) {
@@ -129,7 +101,6 @@ KernelTable<typename Ops::T> make_table(const char* isa) {
   t.mr = MR;
   t.mk = MK;
   t.fwd_tile = &fwd_tile<Ops, MR, NV>;
-  t.fwd_tile_min = &fwd_tile_min<Ops, MR, NV>;
   t.bwd_tile = &bwd_tile<Ops, MK, NVB>;
   t.isa = isa;
   return t;

@@ -12,8 +12,6 @@ struct KernelTable {
   int mk;  // im2col rows per grad_X tile
   // C[r*NR + s] = -sum_k |B[k*NR+s] - A[k*MR+r]|
   void (*fwd_tile)(int64_t K, const T* A, const T* B, T* C);
-  // C[r*NR + s] = sum_k min(B[k*NR+s], A[k*MR+r])  (the min identity)
-  void (*fwd_tile_min)(int64_t K, const T* A, const T* B, T* C);
   // C[r*NR + s] = sum_o clamp(WT[o*MK+r] - X[r*NR+s], -1, 1) * Gp[o*NR+s]
   void (*bwd_tile)(int64_t Og, const T* WT, const T* Gp, const T* X, T* C);
   const char* isa;
