@@ -71,6 +71,8 @@ def run_tool(args, cwd=None, env_extra=None, timeout=600):
     # One thread per process: the distributed and single-process runs then
     # reduce in the same order, and parallel test runs do not oversubscribe.
     env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    # CPU even where CUDA exists: the gloo path and bit-reproducible runs.
+    env['CUDA_VISIBLE_DEVICES'] = ''
     env.update(env_extra or {})
     return subprocess.run(
         args,

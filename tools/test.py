@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with MMEngine's Runner; same arguments as
 MMPretrain's test.
 
-    python tools/test.py configs/adder_r20_digits.py work_dirs/adder_r20_digits/epoch_30.pth
+    python tools/test.py configs/adder_r20_digits.py work_dirs/adder_r20_digits/epoch_10.pth
     tools/dist_test.sh CONFIG CHECKPOINT 2
 
 ``adder_mm`` is imported here, so configs need no ``custom_imports``. The
@@ -118,7 +118,12 @@ def merge_args(cfg, args):
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
-    loader = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+    import torch
+
+    # Pinned memory only speeds up copies to a GPU (and warns without).
+    loader = ConfigDict(
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=dict(type='default_collate'))
     loader.update(cfg.test_dataloader)
     if args.no_pin_memory:
         loader.pin_memory = False

@@ -16,6 +16,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import time
 from copy import deepcopy
 
 # Checks shared with tools/test.py (which imports them from here). They run
@@ -199,8 +200,11 @@ def merge_args(cfg, args):
                 f'in the config {args.config}')
         cfg.auto_scale_lr.enable = True
 
+    import torch
+
     loader_defaults = ConfigDict(
-        pin_memory=True,
+        # Pinned memory only speeds up copies to a GPU (and warns without).
+        pin_memory=torch.cuda.is_available(),
         persistent_workers=True,
         collate_fn=dict(type='default_collate'))
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -248,7 +252,25 @@ def main(argv=None):
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
+    start = time.perf_counter()
     runner.train()
+    report_final_metrics(runner, time.perf_counter() - start)
+
+
+def report_final_metrics(runner, seconds):
+    """Log the last validation metrics and the wall time of runner.train()
+    as the run's final line (the Runner's own log ends with checkpoint
+    messages)."""
+    hub = runner.message_hub
+    metrics = {
+        key[len('val/'):]: buf.current()
+        for key, buf in hub.log_scalars.items() if key.startswith('val/')
+    }
+    text = ', '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
+    if text:
+        text = f'final validation (epoch {runner.epoch}): {text}; '
+    runner.logger.info(f'{text}training took {seconds:.0f} s '
+                       f'({seconds / 60:.1f} min)')
 
 
 if __name__ == '__main__':

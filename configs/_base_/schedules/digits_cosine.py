@@ -10,10 +10,10 @@ param_scheduler = [
         begin=0,
         end=1,
         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=15, T_max=14,
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=10, T_max=9,
          eta_min=0.0),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=15, val_interval=5)
+train_cfg = dict(by_epoch=True, max_epochs=10, val_interval=2)
 val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=64)
