@@ -1,0 +1,434 @@
+"""CUDA kernels of adder2d against the pure-PyTorch reference.
+
+Needs a GPU and adder_mm._ext built with CUDA; skips otherwise (the reason
+names ext_info()). One test needs no GPU: it runs the kernels' per-thread code
+on the host (csrc/pytorch/cuda/adder2d_cuda_emulate.cpp) with a C++ compiler.
+
+Imports only torch and adder_mm.ops, so it runs on a GPU machine without
+OpenMMLab; without pytest too: ``python tests/test_ops_cuda.py`` runs every
+test in a plain loop and exits non-zero on a failure.
+
+Runtime: about 15 s on a 2-core CPU machine (the host emulation; the rest
+skips); a few seconds on an H100.
+"""
+import contextlib
+import os
+import os.path as osp
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from adder_mm.ops import adder2d, adder2d_reference, ext_info
+
+try:
+    import pytest
+except ImportError:  # plain runner below
+    pytest = None
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_INFO = ext_info()
+_NO_GPU = not torch.cuda.is_available()
+_NO_KERNELS = not _INFO['cuda']
+# The tile shapes of csrc/common/adder2d_cuda_kernels.cuh, forced in turn
+# through ADDER_MM_CUDA_TILE so small inputs reach every one of them.
+_TILES = ('0', '1', '2', '3')
+
+
+def _skipif(condition, reason):
+    """pytest.mark.skipif that the plain runner understands as well."""
+
+    def deco(fn):
+        if condition:
+            fn.plain_skip = reason
+        if pytest is not None:
+            fn = pytest.mark.skipif(condition, reason=reason)(fn)
+        return fn
+
+    return deco
+
+
+def requires_cuda(fn):
+    fn = _skipif(_NO_KERNELS,
+                 'adder_mm._ext has no CUDA kernels (ext_info() = '
+                 f'{_INFO}); build with FORCE_CUDA=1')(fn)
+    fn = _skipif(_NO_GPU, 'needs a CUDA GPU (torch.cuda.is_available() is '
+                 'False)')(fn)
+    if pytest is not None:
+        fn = pytest.mark.cuda(fn)
+    return fn
+
+
+@contextlib.contextmanager
+def _tile(tile):
+    """Force one tile shape of the CUDA kernels (None: automatic choice)."""
+    old = os.environ.get('ADDER_MM_CUDA_TILE')
+    if tile is None:
+        os.environ.pop('ADDER_MM_CUDA_TILE', None)
+    else:
+        os.environ['ADDER_MM_CUDA_TILE'] = tile
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop('ADDER_MM_CUDA_TILE', None)
+        else:
+            os.environ['ADDER_MM_CUDA_TILE'] = old
+
+
+@contextlib.contextmanager
+def _exact_fp32():
+    """No TF32 in cuDNN's weight gradient (grad_W), deterministic algos."""
+    flags = (torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = flags
+
+
+def _random_cases(count, seed):
+    """Random layer configurations covering every argument of adder2d."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        groups = rng.choice([1, 1, 2, 3])
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        c = dict(
+            n=rng.choice([1, 2, 3]),
+            cin=groups * rng.randint(1, 6),
+            cout=groups * rng.randint(1, 7),
+            h=rng.randint(1, 13),
+            w=rng.randint(1, 13),
+            kernel=(kh, kw),
+            stride=(rng.randint(1, 3), rng.randint(1, 3)),
+            padding=(rng.randint(0, 2), rng.randint(0, 2)),
+            dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+            groups=groups,
+            bias=rng.random() < 0.5)
+        if (c['dilation'][0] * (kh - 1) + 1 > c['h'] + 2 * c['padding'][0]
+                or c['dilation'][1] * (kw - 1) + 1 >
+                c['w'] + 2 * c['padding'][1]):
+            continue
+        cases.append(c)
+    return cases
+
+
+# Fixed shapes the random ones may miss: several row tiles (cout 130, cin 40),
+# reduction tails (cin not a multiple of 8 or 16), ResNet-like 3x3 and
+# strided 1x1 shortcut (taps that reach no pixel), depthwise.
+_FIXED_CASES = [
+    dict(n=2, cin=16, cout=16, h=8, w=8, kernel=(3, 3), stride=(1, 1),
+         padding=(1, 1), dilation=(1, 1), groups=1, bias=False),
+    dict(n=2, cin=16, cout=32, h=9, w=9, kernel=(1, 1), stride=(2, 2),
+         padding=(0, 0), dilation=(1, 1), groups=1, bias=False),
+    dict(n=1, cin=40, cout=130, h=7, w=6, kernel=(3, 3), stride=(1, 1),
+         padding=(1, 1), dilation=(1, 1), groups=1, bias=True),
+    dict(n=1, cin=140, cout=24, h=5, w=4, kernel=(3, 1), stride=(2, 1),
+         padding=(1, 0), dilation=(1, 1), groups=2, bias=False),
+    dict(n=3, cin=8, cout=8, h=6, w=7, kernel=(3, 3), stride=(1, 1),
+         padding=(2, 2), dilation=(2, 2), groups=8, bias=True),
+]
+
+
+def _conf(c):
+    return dict(stride=c['stride'], padding=c['padding'],
+                dilation=c['dilation'], groups=c['groups'])
+
+
+def _make(c, dtype, device, seed=0):
+    """Inputs of one case: x, weight, bias (or None), grad_out."""
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = c['kernel']
+    x = torch.randn(c['n'], c['cin'], c['h'], c['w'], generator=gen,
+                    dtype=torch.float64)
+    # Weight scale 0.7: |W - X| straddles 1, so both HardTanh branches count.
+    w = 0.7 * torch.randn(c['cout'], c['cin'] // c['groups'], kh, kw,
+                          generator=gen, dtype=torch.float64)
+    b = (torch.randn(c['cout'], generator=gen, dtype=torch.float64)
+         if c['bias'] else None)
+    oh = (c['h'] + 2 * c['padding'][0] - c['dilation'][0] *
+          (kh - 1) - 1) // c['stride'][0] + 1
+    ow = (c['w'] + 2 * c['padding'][1] - c['dilation'][1] *
+          (kw - 1) - 1) // c['stride'][1] + 1
+    g = torch.randn(c['n'], c['cout'], oh, ow, generator=gen,
+                    dtype=torch.float64)
+
+    def cast(t):
+        return None if t is None else t.to(device=device, dtype=dtype)
+
+    return cast(x), cast(w), cast(b), cast(g)
+
+
+def _run(fn, x, w, b, g, conf):
+    """Output and gradients (x, weight, bias) of fn(...).backward(g)."""
+    # detach() keeps the strides (a clone of a strided view would not).
+    x = x.detach().requires_grad_(True)
+    w = w.detach().requires_grad_(True)
+    if b is not None:
+        b = b.detach().requires_grad_(True)
+    out = fn(x, w, b, **conf)
+    out.backward(g)
+    return [out.detach(), x.grad, w.grad, None if b is None else b.grad]
+
+
+def _reference(c, x, w, b, g):
+    """The oracle: adder2d_reference in float64 on the CPU."""
+    to64 = [None if t is None else t.detach().cpu().double()
+            for t in (x, w, b, g)]
+    return _run(adder2d_reference, *to64, _conf(c))
+
+
+_NAMES = ('output', 'grad_input', 'grad_weight', 'grad_bias')
+
+
+def _compare(got, want, rtol, atol_rel, what):
+    for name, a, e in zip(_NAMES, got, want):
+        if e is None:
+            assert a is None, f'{what}: {name} should be None'
+            continue
+        assert a is not None, f'{what}: {name} missing'
+        assert torch.isfinite(a).all(), f'{what}: {name} has NaN/inf'
+        atol = atol_rel * max(1.0, e.abs().max().item())
+        torch.testing.assert_close(
+            a.detach().cpu().double(), e, rtol=rtol, atol=atol,
+            msg=lambda m, n=name: f'{what}: {n}: {m}')
+
+
+# ---- tests that need no GPU -------------------------------------------------
+
+
+def _cxx():
+    return shutil.which(os.environ.get('CXX', 'g++')) or shutil.which('c++')
+
+
+@_skipif(_cxx() is None, 'no C++ compiler (g++ / c++ / $CXX) on PATH')
+def test_tile_logic_host_emulation():
+    """The kernels' per-thread code, stepped on the host, matches the
+    formulas for every tile shape (tiling, strides classes, padding, tails,
+    double-buffer hazards)."""
+    src = osp.join(ROOT, 'csrc', 'pytorch', 'cuda',
+                   'adder2d_cuda_emulate.cpp')
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = osp.join(tmp, 'emulate')
+        build = subprocess.run(
+            [_cxx(), '-O1', '-std=c++17', '-Wall', '-Wextra',
+             '-I', osp.join(ROOT, 'csrc', 'common'), src, '-o', exe],
+            capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr[-4000:]
+        run = subprocess.run([exe], capture_output=True, text=True,
+                             timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.stdout.startswith('OK'), run.stdout[-2000:]
+
+
+# ---- CUDA tests -------------------------------------------------------------
+
+
+@requires_cuda
+def test_float64_parity_every_tile():
+    """Forward and all three gradients match the float64 reference (random
+    and fixed shapes, every tile shape)."""
+    cases = _random_cases(14, seed=3) + _FIXED_CASES
+    with _exact_fp32():
+        for k, c in enumerate(cases):
+            x, w, b, g = _make(c, torch.float64, 'cuda', seed=k)
+            want = _reference(c, x, w, b, g)
+            # float64 uses one tile shape: the forced one is ignored.
+            got = _run(adder2d, x, w, b, g, _conf(c))
+            _compare(got, want, 1e-9, 1e-9, f'float64 case {k} {c}')
+
+
+@requires_cuda
+def test_float32_parity_every_tile():
+    cases = _random_cases(10, seed=5) + _FIXED_CASES
+    with _exact_fp32():
+        for k, c in enumerate(cases):
+            x, w, b, g = _make(c, torch.float32, 'cuda', seed=100 + k)
+            want = _reference(c, x, w, b, g)
+            for tile in _TILES + (None, ):
+                with _tile(tile):
+                    got = _run(adder2d, x, w, b, g, _conf(c))
+                _compare(got, want, 1e-4, 2e-5,
+                         f'float32 tile {tile} case {k} {c}')
+
+
+@requires_cuda
+def test_half_and_bfloat16():
+    """fp16/bf16 in, same dtype out; float32 accumulation keeps the error at
+    the output's rounding (grad_W: cuDNN's half-precision weight gradient)."""
+    cases = _random_cases(4, seed=7) + _FIXED_CASES[:3]
+    with _exact_fp32():
+        for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+            for k, c in enumerate(cases):
+                x, w, b, g = _make(c, dtype, 'cuda', seed=200 + k)
+                # The reference sees the same rounded inputs.
+                want = _reference(c, x, w, b, g)
+                for tile in ('0', '3', None):
+                    with _tile(tile):
+                        got = _run(adder2d, x, w, b, g, _conf(c))
+                    for name, t in zip(_NAMES, got):
+                        assert t is None or t.dtype == dtype, (
+                            f'{dtype} case {k}: {name} is {t.dtype}')
+                    _compare(got, want, tol, tol,
+                             f'{dtype} tile {tile} case {k} {c}')
+
+
+@requires_cuda
+def test_deterministic():
+    """Bit-identical output and gradients run to run (cuDNN's grad_W in
+    deterministic mode)."""
+    c = dict(n=4, cin=32, cout=48, h=20, w=20, kernel=(3, 3), stride=(1, 1),
+             padding=(1, 1), dilation=(1, 1), groups=1, bias=True)
+    with _exact_fp32():
+        for dtype in (torch.float32, torch.float16):
+            x, w, b, g = _make(c, dtype, 'cuda', seed=11)
+            first = _run(adder2d, x, w, b, g, _conf(c))
+            for _ in range(2):
+                again = _run(adder2d, x, w, b, g, _conf(c))
+                for name, a, e in zip(_NAMES, again, first):
+                    assert torch.equal(a, e), f'{dtype}: {name} changed'
+
+
+@requires_cuda
+def test_zero_batch():
+    c = dict(_FIXED_CASES[0], n=0)
+    x, w, b, g = _make(c, torch.float32, 'cuda')
+    out, gx, gw, _ = _run(adder2d, x, w, b, g, _conf(c))
+    assert out.shape == (0, 16, 8, 8)
+    assert gx.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w))
+
+
+@requires_cuda
+def test_non_contiguous_and_channels_last():
+    c = _FIXED_CASES[0]
+    x, w, b, g = _make(c, torch.float32, 'cuda', seed=21)
+    want = _reference(c, x, w, b, g)
+    with _exact_fp32():
+        # A strided view holding the same values.
+        big = torch.zeros(x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3],
+                          device='cuda')
+        big[..., ::2] = x
+        view = big[..., ::2]
+        assert not view.is_contiguous()
+        _compare(_run(adder2d, view, w, b, g, _conf(c)), want, 1e-4, 2e-5,
+                 'strided input')
+        cl = x.contiguous(memory_format=torch.channels_last)
+        got = _run(adder2d, cl, w, b, g, _conf(c))
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+        _compare(got, want, 1e-4, 2e-5, 'channels_last input')
+
+
+@requires_cuda
+def test_large_layer_vs_float64_on_gpu():
+    """A ResNet-50-sized layer (several hundred blocks, every tile choice made
+    automatically) against the reference run in float64 on the GPU."""
+    c = dict(n=4, cin=64, cout=192, h=28, w=28, kernel=(3, 3),
+             stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+             bias=False)
+    with _exact_fp32():
+        x, w, b, g = _make(c, torch.float32, 'cuda', seed=31)
+        want = _run(adder2d_reference, x.double(), w.double(), None,
+                    g.double(), _conf(c))
+        got = _run(adder2d, x, w, b, g, _conf(c))
+        _compare(got, [t if t is None else t.cpu() for t in want], 1e-4,
+                 2e-5, 'large layer')
+
+
+@requires_cuda
+def test_more_than_2_31_elements():
+    """Input and output of 2^31 + 2^16 elements (int64 offsets): a 1x1
+    adder is -|x - w| elementwise, its input gradient clamp(w - x) * g."""
+    numel = (1 << 31) + (1 << 16)
+    free, _ = torch.cuda.mem_get_info()
+    need = 4 * numel * 2 + (1 << 30)  # four fp16 tensors of numel at a time
+    if free < need:
+        msg = (f'needs {need / 2**30:.1f} GiB free on the GPU, has '
+               f'{free / 2**30:.1f}')
+        if pytest is not None:
+            pytest.skip(msg)
+        raise _Skip(msg)
+    from adder_mm.ops.ext_loader import load_ext
+    x = torch.empty(1, 1, 1 << 15, numel >> 15, dtype=torch.float16,
+                    device='cuda')
+    x.uniform_(-2, 2)
+    w = torch.full((1, 1, 1, 1), 0.25, dtype=torch.float16, device='cuda')
+    with torch.no_grad():
+        out = adder2d(x, w)
+        want = x.sub(0.25).abs_().neg_()
+        assert torch.equal(out, want)
+        del out, want
+        g = torch.ones_like(x)
+        gx = load_ext().adder2d_backward_input(g, x, w, [1, 1], [0, 0],
+                                               [1, 1], 1)
+        del g
+        want = x.neg().add_(0.25).clamp_(-1, 1)
+        assert torch.equal(gx, want)
+
+
+@requires_cuda
+def test_current_stream_and_device_guard():
+    """Kernels run on the caller's current stream (no implicit sync)."""
+    c = _FIXED_CASES[2]
+    x, w, b, g = _make(c, torch.float32, 'cuda', seed=41)
+    with _exact_fp32():
+        want = _run(adder2d, x, w, b, g, _conf(c))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            got = _run(adder2d, x, w, b, g, _conf(c))
+        side.synchronize()
+    for name, a, e in zip(_NAMES, got, want):
+        assert torch.equal(a, e), f'side stream: {name} differs'
+    if torch.cuda.device_count() > 1:
+        dev = torch.device('cuda', 1)
+        out = adder2d(x.to(dev), w.to(dev), b.to(dev), **_conf(c))
+        assert out.device == dev
+        assert torch.equal(out.cpu(), want[0].cpu())
+
+
+# ---- plain runner (no pytest on the GPU machine) ----------------------------
+
+
+class _Skip(Exception):
+    pass
+
+
+def _main():
+    tests = [(k, v) for k, v in sorted(globals().items())
+             if k.startswith('test_') and callable(v)]
+    failed = 0
+    for name, fn in tests:
+        reason = getattr(fn, 'plain_skip', None)
+        if reason:
+            print(f'SKIP {name}: {reason}')
+            continue
+        try:
+            fn()
+        except _Skip as e:
+            print(f'SKIP {name}: {e}')
+        except Exception as e:  # report every failure, then exit non-zero
+            failed += 1
+            print(f'FAIL {name}: {type(e).__name__}: {e}')
+        else:
+            print(f'PASS {name}')
+    print(f'{len(tests) - failed}/{len(tests)} passed or skipped, '
+          f'{failed} failed')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(_main())

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# One prepared check of the CUDA kernels on a lent GPU machine, from the repo
+# root, in under 5 minutes: versions, an in-place build with CUDA for the local
+# arch only, the CUDA tests, the CUDA benchmark. Everything is teed into $OUT
+# (gpu_check.log, tests.log, benchmark.json, benchmark.md, summary.txt).
+# Needs python + torch with CUDA + nvcc; no OpenMMLab, pip or network.
+#
+#   OUT=/some/dir bash tools/gpu_check.sh        # $OUT defaults to ./gpu_check_out
+#
+# Each step's status goes to summary.txt; a failed test step does not stop the
+# benchmark. Exit status: 0 when every step passed.
+set -u
+
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+SUMMARY=$OUT/summary.txt
+: >"$LOG"
+: >"$SUMMARY"
+exec > >(tee -a "$LOG") 2>&1
+PY=${PYTHON:-python}
+START=$(date +%s)
+FAILED=0
+
+# step NAME LIMIT_S CMD...: run with a time cap, record status and duration.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t0 rc
+  t0=$(date +%s)
+  echo
+  echo "===== $name (cap ${limit}s): $*"
+  timeout --signal=TERM --kill-after=10 "$limit" "$@"
+  rc=$?
+  local dt=$(($(date +%s) - t0))
+  if [ $rc -eq 0 ]; then
+    echo "PASS  $name (${dt}s)" | tee -a "$SUMMARY"
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "TIMEOUT $name after ${dt}s (cap ${limit}s)" | tee -a "$SUMMARY"
+    FAILED=1
+  else
+    echo "FAIL  $name rc=$rc (${dt}s)" | tee -a "$SUMMARY"
+    FAILED=1
+  fi
+  return $rc
+}
+
+echo "gpu_check: $(date -u) in $PWD, results in $OUT"
+echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --short 2>/dev/null | wc -l) changed file(s)"
+
+# ---- versions ----------------------------------------------------------------
+echo
+echo "===== versions"
+timeout 30 nvidia-smi || echo "nvidia-smi failed"
+timeout 60 "$PY" -c '
+import sys, torch
+print("python", sys.version.split()[0])
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "cudnn", torch.backends.cudnn.version())
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(),
+          "cc %d.%d" % torch.cuda.get_device_capability())
+' || echo "torch import failed"
+command -v nvcc && nvcc --version | tail -2
+command -v "${CXX:-g++}" || echo "no ${CXX:-g++} (the host-emulation test skips)"
+
+# ---- build in place for the local arch ---------------------------------------
+ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
+NVCC=$(command -v nvcc || true)
+# The real toolkit (bin/nvcc next to a libcudart): nvcc on PATH may be a
+# wrapper script. Left unset when none is found: setup.py then resolves it.
+TOOLKIT=
+for c in ${CUDA_HOME:-} "$(dirname "$(dirname "$(readlink -f "${NVCC:-/none}")")")" \
+  /usr/local/cuda /usr/local/cuda-*; do
+  if [ -x "$c/bin/nvcc" ] && ls "$c"/lib64/libcudart* "$c"/lib/libcudart* \
+    "$c"/targets/*/lib/libcudart* >/dev/null 2>&1; then
+    TOOLKIT=$(readlink -f "$c")
+    break
+  fi
+done
+if [ -n "$TOOLKIT" ]; then export CUDA_HOME=$TOOLKIT; fi
+echo "arch ${ARCH:-?}, CUDA_HOME=${CUDA_HOME:-unset}, nvcc ${NVCC:-missing}"
+if [ -z "$ARCH" ]; then
+  echo "FAIL  no CUDA device visible to torch; stopping" | tee -a "$SUMMARY"
+  exit 1
+fi
+step build 200 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" \
+  MAX_JOBS="$(nproc)" "$PY" setup.py build_ext --inplace
+grep -E "warning|spill" "$LOG" | grep -v "^=====" | sort | uniq -c | sort -rn |
+  head -20 >"$OUT/build_warnings.txt" || true
+
+step ext_info 60 "$PY" -c "
+from adder_mm.ops import ext_info
+info = ext_info()
+print(info)
+assert info['cuda'], 'adder_mm._ext has no CUDA kernels'
+"
+
+# ---- CUDA tests (pytest when importable, else the file's plain runner) --------
+if $PY -c 'import pytest' 2>/dev/null; then
+  # --noconftest: tests/conftest.py may import OpenMMLab, absent here.
+  step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
+    --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
+else
+  step tests 150 bash -c "set -o pipefail; $PY tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
+fi
+
+# ---- benchmark (runs even when a test failed) ----------------------------------
+LEFT=$((290 - ($(date +%s) - START)))
+if [ $LEFT -lt 30 ]; then LEFT=30; fi
+if [ -f tools/analysis_tools/benchmark_adder.py ]; then
+  step benchmark "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
+    --device cuda --suite all --model-step \
+    --out "$OUT/benchmark.json" --markdown "$OUT/benchmark.md"
+else
+  echo "FAIL  benchmark: tools/analysis_tools/benchmark_adder.py missing" |
+    tee -a "$SUMMARY"
+  FAILED=1
+fi
+
+echo
+echo "===== summary ($(($(date +%s) - START))s)"
+cat "$SUMMARY"
+[ -f "$OUT/benchmark.md" ] && cat "$OUT/benchmark.md"
+exit $FAILED
