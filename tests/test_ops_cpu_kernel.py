@@ -114,3 +114,41 @@ def test_portable_build_matches():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith('ok')
+
+
+def _load_benchmark():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools',
+                        'analysis_tools', 'benchmark_adder.py')
+    spec = importlib.util.spec_from_file_location('benchmark_adder', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_unfold_form_and_layer_lists():
+    """The benchmark's paper-style unfold formulation is the same function
+    (and gradients) as the reference, and its layer lists are ResNet-20's
+    and ResNet-50's distinct adder layers."""
+    bench = _load_benchmark()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ya = bench.UnfoldAdder.apply(xa, wa, 2, 1)
+    yb = adder2d_reference(xb, wb, None, 2, 1)
+    gout = torch.randn(ya.shape, generator=gen, dtype=torch.float64)
+    ya.backward(gout)
+    yb.backward(gout)
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(wa.grad, wb.grad)
+    r20, r50 = bench.resnet20_layers(), bench.resnet50_layers()
+    # 16->16 3x3; per later stage: strided 3x3, 3x3, strided 1x1 shortcut
+    assert len(r20) == 7
+    assert {(lay['C'], lay['O'], lay['k'], lay['stride']) for lay in r20} == {
+        (16, 16, 3, 1), (16, 32, 3, 2), (32, 32, 3, 1), (16, 32, 1, 2),
+        (32, 64, 3, 2), (64, 64, 3, 1), (32, 64, 1, 2)}
+    assert len(r50) == 22 and all(lay['N'] == 32 for lay in r50)
+    assert max(lay['O'] for lay in r50) == 2048

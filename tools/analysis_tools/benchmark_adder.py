@@ -381,6 +381,10 @@ def parse_args(argv=None):
     parser.add_argument('--unfold-max-mib', type=float, default=1024,
                         help='skip the unfold form where one [Cout, K, N*L] '
                         'temporary exceeds this (MiB)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch\'s); '
+                        'on a shared machine 1 thread shows the kernels '
+                        'without OpenMP barrier contention')
     parser.add_argument('--layers', default=None,
                         help='comma-separated layer names to run (default all)')
     parser.add_argument('--out', help='write results as JSON')
@@ -388,6 +392,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         parser.error('--repeat must be >= 1 and --warmup >= 0')
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be >= 1')
     return args
 
 
@@ -399,6 +405,8 @@ def main(argv=None):
         os.environ[_MMAP_ENV] = str(128 * 1024)
         os.execv(sys.executable, [sys.executable] + sys.argv)
     device = args.device
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if device == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('--device cuda: no CUDA device is available')
