@@ -195,7 +195,7 @@ def merge_args(cfg, args):
 
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
-            raise ValueError(
+            raise ToolError(
                 '--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) '
                 f'in the config {args.config}')
         cfg.auto_scale_lr.enable = True
@@ -240,8 +240,8 @@ def main(argv=None):
     register_all_modules(init_default_scope=False)
 
     cfg = Config.fromfile(args.config)
-    cfg = merge_args(cfg, args)
     try:
+        cfg = merge_args(cfg, args)
         check_data_roots(cfg, args.config,
                          ('train_dataloader', 'val_dataloader'))
         prepare_cpu_distributed(cfg)
@@ -264,7 +264,9 @@ def report_final_metrics(runner, seconds):
     hub = runner.message_hub
     metrics = {
         key[len('val/'):]: buf.current()
-        for key, buf in hub.log_scalars.items() if key.startswith('val/')
+        for key, buf in hub.log_scalars.items()
+        # val/time and val/data_time are loop timings, not metrics.
+        if key.startswith('val/') and key not in ('val/time', 'val/data_time')
     }
     text = ', '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
     if text:
