@@ -313,6 +313,17 @@ def test_zero_batch():
 
 
 @requires_cuda
+def test_empty_image_with_padding():
+    """H = 0 with padding: every tap reads zero padding, Y = -sum |W|."""
+    x = torch.zeros(2, 3, 0, 4, device='cuda')
+    w = torch.randn(5, 3, 1, 1, device='cuda')
+    out = adder2d(x, w, padding=1)
+    assert out.shape == (2, 5, 2, 6)
+    want = -w.abs().sum((1, 2, 3)).view(1, 5, 1, 1).expand(2, 5, 2, 6)
+    torch.testing.assert_close(out, want)
+
+
+@requires_cuda
 def test_non_contiguous_and_channels_last():
     c = _FIXED_CASES[0]
     x, w, b, g = _make(c, torch.float32, 'cuda', seed=21)

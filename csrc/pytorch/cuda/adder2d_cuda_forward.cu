@@ -62,6 +62,14 @@ void adder2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   if (out.numel() == 0) return;
   check_limits(p);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (input.numel() == 0) {
+    // An empty image (H or W = 0) with padding: every tap reads padding, so
+    // Y = -sum |W| per channel. The kernel's masked loads would otherwise
+    // read x[0], which does not exist.
+    out.copy_(weight.abs().sum({1, 2, 3}).neg().view({1, p.O, 1, 1})
+                  .expand_as(out));
+    return;
+  }
   const at::Tensor wt = transpose_weight(weight, p, /*forward=*/true);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
