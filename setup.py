@@ -4,7 +4,8 @@ Environment variables:
     ADDER_MM_WITH_OPS=0   install without compiled ops (pure-PyTorch fallback).
     FORCE_CUDA=1          build the CUDA kernels even when no GPU is visible
                           (needs a CUDA build of torch and nvcc).
-    TORCH_CUDA_ARCH_LIST  CUDA archs to build, default "7.0;8.0;9.0+PTX".
+    TORCH_CUDA_ARCH_LIST  CUDA archs to build, default "7.0;8.0;9.0+PTX"
+                          ("7.5;8.0;9.0+PTX" with CUDA >= 13, which has no sm_70).
     CUDA_HOME             the CUDA toolkit; found from nvcc when unset.
     MAX_JOBS              parallel compile jobs (ninja).
 """
@@ -101,7 +102,11 @@ def get_extensions():
             f'{cuda_home}. Install a CUDA build of torch and set CUDA_HOME to '
             'the toolkit that contains bin/nvcc and lib64/libcudart.')
     if use_cuda:
-        os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '7.0;8.0;9.0+PTX')
+        # CUDA 13 dropped Volta (sm_70): nvcc 13 rejects compute_70.
+        cuda_major = int(torch.version.cuda.split('.')[0])
+        os.environ.setdefault(
+            'TORCH_CUDA_ARCH_LIST',
+            '7.5;8.0;9.0+PTX' if cuda_major >= 13 else '7.0;8.0;9.0+PTX')
         sources += sorted(glob.glob(osp.join('csrc', 'pytorch', 'cuda', '*.cu')))
         define_macros.append(('ADDER_MM_WITH_CUDA', None))
         extra_compile_args['nvcc'] = [
