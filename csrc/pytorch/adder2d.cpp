@@ -84,11 +84,13 @@ Adder2dParams make_params(const at::Tensor& input, const at::Tensor& weight,
 
 bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
 
+#ifndef ADDER_MM_WITH_CUDA
 [[noreturn]] void no_cuda() {
   TORCH_CHECK(false,
               "adder2d: a CUDA tensor was given but adder_mm._ext was built "
               "without CUDA kernels; rebuild with a CUDA toolkit (FORCE_CUDA=1)");
 }
+#endif
 
 }  // namespace
 
