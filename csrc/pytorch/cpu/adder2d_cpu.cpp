@@ -34,6 +34,19 @@ using cpu::KernelTable;
 constexpr int64_t kChunkBytes = 128 * 1024;
 // Weight-panel bytes reused across the strips of a chunk (L2-resident).
 constexpr int64_t kPanelBytes = 192 * 1024;
+// Forward: bytes of one K-block of a strip (L1-resident while the output
+// channel blocks run over it).
+constexpr int64_t kStripBlockBytes = 16 * 1024;
+// Forward: bytes of the per-thread accumulator [strip][Og][NR] that carries
+// the partial sums of a chunk across K-blocks; it sets the strips per chunk,
+// i.e. how many positions reuse each L2-resident weight block.
+constexpr int64_t kFwdAccBytes = 256 * 1024;
+// Forward: im2col bytes of one K-block of a chunk.
+constexpr int64_t kFwdChunkBytes = 256 * 1024;
+// Forward: chunks per group the chunk size aims to leave at least.
+constexpr int64_t kFwdMinChunks = 4;
+// grad_X: positions (over whole images) that one task owns at least.
+constexpr int64_t kGradImgPositions = 256;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -92,20 +105,24 @@ class Scratch {
   at::DataPtr data_;
 };
 
-// A run of strip slots that lie on one output row.
+// A run of strip slots that lie on one output row of one image.
 struct Segment {
   int slot, count;
-  int64_t oh, ow;
+  int64_t img, oh, ow;
 };
 
 // Splits strip slots [0, valid) starting at position q into row segments.
-int make_segments(int64_t q, int valid, int64_t OW, Segment* segs) {
+// Positions run over images (q = img * OH * OW + oh * OW + ow), so a strip
+// may span the end of one image and the start of the next: small maps (7x7)
+// then waste no lanes.
+int make_segments(int64_t q, int valid, int64_t OH, int64_t OW,
+                  Segment* segs) {
   int n = 0, slot = 0;
   while (slot < valid) {
-    const int64_t oh = (q + slot) / OW, ow = (q + slot) % OW;
+    const int64_t row = (q + slot) / OW, ow = (q + slot) % OW;
     const int count =
         static_cast<int>(std::min<int64_t>(valid - slot, OW - ow));
-    segs[n++] = Segment{slot, count, oh, ow};
+    segs[n++] = Segment{slot, count, row / OH, row % OH, ow};
     slot += count;
   }
   return n;
@@ -118,6 +135,7 @@ struct ChunkGeom {
   int64_t rows;      // channels * KH * KW
   int64_t rows_pad;  // rows padded to the tile height (zero rows)
   int nr;
+  int64_t img_stride;  // elements between images of x / grad_X
 };
 
 // buf[s][k][slot] = Xcol[k, q0 + s*NR + slot] for the block's channels
@@ -132,9 +150,9 @@ void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
   for (int64_t s = 0; s < ns; ++s) {
     T* dst = buf + s * cg.rows_pad * NR;
     const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
-    const int nseg = make_segments(q0 + s * NR, valid, p.OW, segs);
+    const int nseg = make_segments(q0 + s * NR, valid, p.OH, p.OW, segs);
     for (int64_t c = 0; c < cg.channels; ++c) {
-      const T* xc = x + c * p.H * p.W;
+      const T* xc = x + c * p.H * p.W;  // image 0 of the chunk
       for (int64_t i = 0; i < p.KH; ++i) {
         for (int64_t j = 0; j < p.KW; ++j) {
           T* row = dst + ((c * p.KH + i) * p.KW + j) * NR;
@@ -147,7 +165,7 @@ void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
               for (int t = 0; t < sg.count; ++t) out[t] = T(0);
               continue;
             }
-            const T* src = xc + ih * p.W;
+            const T* src = xc + sg.img * cg.img_stride + ih * p.W;
             const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
             if (p.stride_w == 1) {
               const int lo = static_cast<int>(
@@ -184,7 +202,7 @@ void col2im_chunk(const T* buf, const ChunkGeom& cg, int64_t q0, int64_t len,
   for (int64_t s = 0; s < ns; ++s) {
     const T* col = buf + s * cg.rows_pad * NR;
     const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
-    const int nseg = make_segments(q0 + s * NR, valid, p.OW, segs);
+    const int nseg = make_segments(q0 + s * NR, valid, p.OH, p.OW, segs);
     for (int64_t c = 0; c < cg.channels; ++c) {
       T* gc = gx + c * p.H * p.W;
       for (int64_t i = 0; i < p.KH; ++i) {
@@ -194,7 +212,7 @@ void col2im_chunk(const T* buf, const ChunkGeom& cg, int64_t q0, int64_t len,
             const Segment& sg = segs[e];
             const int64_t ih = sg.oh * p.stride_h - p.pad_h + i * p.dil_h;
             if (ih < 0 || ih >= p.H) continue;
-            T* dst = gc + ih * p.W;
+            T* dst = gc + sg.img * cg.img_stride + ih * p.W;
             const T* in = row + sg.slot;
             const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
             if (p.stride_w == 1) {
@@ -232,61 +250,103 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
   const int64_t K = p.K(), L = p.L();
   const int64_t nob = ceil_div(Og, MR);
 
-  // Weight panels [G][nob][K][MR], zero rows past Og (their results are
-  // dropped).
+  // Blocking (BLIS-like; the tile is the register block):
+  // - chunk: PC positions (strips of NR) over all images, so strips cross
+  //   image boundaries and small maps waste no lanes; its partial sums live
+  //   in `acc` ([strip][ob][MR][NR], about kFwdAccBytes);
+  // - K-block: the rows of cb input channels (kc = cb*KH*KW rows), im2col'ed
+  //   for the whole chunk only when needed, so the im2col buffer stays small
+  //   whatever K is; one strip's block (kc x NR) stays in L1 while the tiles
+  //   of a weight panel run over it;
+  // - weight panel: obs_per_panel output-channel blocks of the K-block
+  //   (L2-resident while all strips of the chunk stream past).
+  // Each output is still one k-ascending chain in one register lane (the
+  // tile continues from `acc`), so blocking changes no rounding: results
+  // equal the unblocked kernel bit for bit and do not depend on threads.
+  const int64_t KK = p.KH * p.KW, HW = p.H * p.W;
+  const int64_t cb = std::min<int64_t>(
+      Cg, std::max<int64_t>(
+              1, kStripBlockBytes /
+                     (KK * NR * static_cast<int64_t>(sizeof(T)))));
+  const int64_t nkb = ceil_div(Cg, cb);
+  const int64_t NL = p.N * L;
+
+  // Weight panels [G][K-block][nob][kc][MR] (zero rows past Og, whose
+  // results are dropped): the tiles of one K-block read one contiguous
+  // stream, which the hardware prefetcher follows across blocks.
   Scratch<T> A_(G * nob * K * MR, 1);
   T* const A = A_.slice(0);
   at::parallel_for(0, G * nob, 1, [&](int64_t b, int64_t e) {
     for (int64_t gb = b; gb < e; ++gb) {
       const int64_t g = gb / nob, ob = gb % nob;
-      T* a = A + gb * K * MR;
-      for (int r = 0; r < MR; ++r) {
-        const int64_t o = ob * MR + r;
-        const T* wo = w + (g * Og + o) * K;
-        for (int64_t k = 0; k < K; ++k) a[k * MR + r] = o < Og ? wo[k] : T(0);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * cb * KK, kc = std::min(cb, Cg - kb * cb) * KK;
+        T* a = A + g * nob * K * MR + (k0 * nob + ob * kc) * MR;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t o = ob * MR + r;
+          const T* wo = w + (g * Og + o) * K + k0;
+          for (int64_t k = 0; k < kc; ++k)
+            a[k * MR + r] = o < Og ? wo[k] : T(0);
+        }
       }
     }
   });
-
-  const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
-  const int64_t nchunk = ceil_div(L, PC);
-  // Output-channel blocks per weight sub-panel that stays in L2 while the
-  // strips of a chunk stream past it.
+  const int64_t elem = sizeof(T);
+  // Bounded by the accumulator and the im2col buffer sizes, and leaving at
+  // least kFwdMinChunks tasks per group where there are that many strips
+  // (batch-1 calls still feed every thread). Shape-only, like the rest.
+  const int64_t strips = std::max<int64_t>(
+      1, std::min({ceil_div(ceil_div(NL, NR), kFwdMinChunks),
+                   kFwdAccBytes / (nob * MR * NR * elem),
+                   kFwdChunkBytes / (cb * KK * NR * elem)}));
+  const int64_t PC = strips * NR;
+  const int64_t nchunk = ceil_div(NL, PC);
   const int64_t obs_per_panel = std::max<int64_t>(
-      1, kPanelBytes / (K * MR * static_cast<int64_t>(sizeof(T))));
-  ChunkGeom cg{&p, Cg, K, K, NR};
+      1, kPanelBytes / (cb * KK * MR * static_cast<int64_t>(sizeof(T))));
 
   const int64_t nthreads = at::get_num_threads();
-  Scratch<T> bufs(PC * K, nthreads);
-  at::parallel_for(0, p.N * G * nchunk, 1, [&](int64_t begin, int64_t end) {
+  Scratch<T> bufs(PC * cb * KK, nthreads), accs(PC * nob * MR, nthreads);
+  at::parallel_for(0, G * nchunk, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
     const int64_t tid =
         std::min<int64_t>(at::get_thread_num(), nthreads - 1);
-    T* const buf = bufs.slice(tid);
-    alignas(64) T tile[16 * 64];
+    T* const buf = bufs.slice(tid);  // [strip][kc][NR]
+    T* const acc = accs.slice(tid);  // [strip][ob][MR][NR]
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (G * nchunk), g = (t / nchunk) % G,
-                    c = t % nchunk;
-      const int64_t q0 = c * PC, len = std::min(PC, L - q0);
+      const int64_t g = t / nchunk, c = t % nchunk;
+      const int64_t q0 = c * PC, len = std::min(PC, NL - q0);
       const int64_t ns = ceil_div(len, NR);
-      im2col_chunk(x + (n * p.C + g * Cg) * p.H * p.W, cg, q0, len, buf);
-      for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
-        const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
-        for (int64_t s = 0; s < ns; ++s) {
-          const T* b = buf + s * K * NR;
-          const int valid =
-              static_cast<int>(std::min<int64_t>(NR, len - s * NR));
-          for (int64_t ob = ob0; ob < ob1; ++ob) {
-            const T* a = A + (g * nob + ob) * K * MR;
-            const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
-            kt.fwd_tile(K, a, b, tile);
-            for (int r = 0; r < rows; ++r) {
-              const int64_t o = g * Og + ob * MR + r;
-              std::memcpy(y + (n * p.O + o) * L + q0 + s * NR, tile + r * NR,
-                          sizeof(T) * valid);
-            }
+      const T* const Ag = A + g * nob * K * MR;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t c0 = kb * cb, chans = std::min(cb, Cg - c0);
+        const int64_t k0 = c0 * KK, kc = chans * KK;
+        const ChunkGeom cg{&p, chans, kc, kc, NR, p.C * HW};
+        im2col_chunk(x + (g * Cg + c0) * HW, cg, q0, len, buf);
+        for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
+          const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
+          for (int64_t s = 0; s < ns; ++s) {
+            const T* bs = buf + s * kc * NR;
+            for (int64_t ob = ob0; ob < ob1; ++ob)
+              kt.fwd_tile(kc, Ag + (k0 * nob + ob * kc) * MR, bs,
+                          acc + (s * nob + ob) * MR * NR, kb > 0,
+                          kb == nkb - 1);
           }
+        }
+      }
+      for (int64_t s = 0; s < ns; ++s) {
+        const int valid =
+            static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+        // Runs of slots within one image.
+        for (int u0 = 0; u0 < valid;) {
+          const int64_t q = q0 + s * NR + u0, n = q / L, l = q % L;
+          const int cnt =
+              static_cast<int>(std::min<int64_t>(valid - u0, L - l));
+          for (int64_t o = 0; o < Og; ++o) {
+            std::memcpy(y + (n * p.O + g * Og + o) * L + l,
+                        acc + (s * nob * MR + o) * NR + u0, sizeof(T) * cnt);
+          }
+          u0 += cnt;
         }
       }
     }
@@ -301,11 +361,17 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L(), KK = p.KH * p.KW, HW = p.H * p.W;
 
+  // A task owns `nimg` consecutive images (fixed by the shape: about
+  // kGradImgPositions positions), whose positions its strips run over
+  // without a break, so small maps (7x7) waste few lanes.
+  const int64_t nimg =
+      std::min<int64_t>(p.N, std::max<int64_t>(1, ceil_div(kGradImgPositions, L)));
+  const int64_t nig = ceil_div(p.N, nimg);
   // Channel blocks give batch-1 calls work for every thread; results do not
   // depend on the split (each gcol element is its own reduction over o).
   const int64_t nthreads = at::get_num_threads();
   const int64_t ncb = std::min<int64_t>(
-      Cg, std::max<int64_t>(1, ceil_div(4 * nthreads, p.N * G)));
+      Cg, std::max<int64_t>(1, ceil_div(4 * nthreads, nig * G)));
   const int64_t cpb = ceil_div(Cg, ncb);  // channels per block
   const int64_t nblk = ceil_div(Cg, cpb);
   const int64_t rows_max = cpb * KK;
@@ -332,12 +398,11 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
     }
   });
 
-  const int64_t PC = chunk_positions(K, L, NR, sizeof(T));
-  const int64_t nchunk = ceil_div(L, PC);
+  const int64_t PC = chunk_positions(K, nimg * L, NR, sizeof(T));
 
   Scratch<T> xbufs(PC * rows_pad_max, nthreads), cbufs(PC * rows_pad_max, nthreads),
       gbufs(PC * Og, nthreads);
-  at::parallel_for(0, p.N * G * nblk, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nig * G * nblk, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
     const int64_t tid =
@@ -346,18 +411,23 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
     T* const cbuf = cbufs.slice(tid);
     T* const gbuf = gbufs.slice(tid);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (G * nblk), g = (t / nblk) % G, blk = t % nblk;
+      const int64_t n0 = (t / (G * nblk)) * nimg, g = (t / nblk) % G,
+                    blk = t % nblk;
+      const int64_t TL = std::min(nimg, p.N - n0) * L;  // task positions
       const int64_t c0 = g * Cg + blk * cpb;
       const int64_t channels = std::min(cpb, Cg - blk * cpb);
       const int64_t rows = channels * KK;
       const int64_t rows_pad = ceil_div(rows, MK) * MK;
-      const ChunkGeom cg{&p, channels, rows, rows_pad, NR};
-      const T* xin = x + (n * p.C + c0) * HW;
-      T* gout = gx + (n * p.C + c0) * HW;
-      std::fill(gout, gout + channels * HW, T(0));
+      const ChunkGeom cg{&p, channels, rows, rows_pad, NR, p.C * HW};
+      const T* xin = x + (n0 * p.C + c0) * HW;
+      T* gout = gx + (n0 * p.C + c0) * HW;
+      for (int64_t n = 0; n < TL / L; ++n)
+        std::fill(gout + n * p.C * HW, gout + n * p.C * HW + channels * HW,
+                  T(0));
+      const int64_t nchunk = ceil_div(TL, PC);
       const T* wt = WT + (g * nblk + blk) * nkb_max * Og * MK;
       for (int64_t c = 0; c < nchunk; ++c) {
-        const int64_t q0 = c * PC, len = std::min(PC, L - q0);
+        const int64_t q0 = c * PC, len = std::min(PC, TL - q0);
         const int64_t ns = ceil_div(len, NR);
         im2col_chunk(xin, cg, q0, len, xbuf);
         // gbuf[s][o][slot] = G[n, g*Og + o, q0 + s*NR + slot], zero past len
@@ -365,12 +435,18 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
         for (int64_t s = 0; s < ns; ++s) {
           const int valid =
               static_cast<int>(std::min<int64_t>(NR, len - s * NR));
-          for (int64_t o = 0; o < Og; ++o) {
-            const T* src = go + (n * p.O + g * Og + o) * L + q0 + s * NR;
-            T* dst = gbuf + (s * Og + o) * NR;
-            std::memcpy(dst, src, sizeof(T) * valid);
-            for (int u = valid; u < NR; ++u) dst[u] = T(0);
+          for (int u0 = 0; u0 < valid;) {  // runs within one image
+            const int64_t q = q0 + s * NR + u0, n = n0 + q / L, l = q % L;
+            const int cnt =
+                static_cast<int>(std::min<int64_t>(valid - u0, L - l));
+            for (int64_t o = 0; o < Og; ++o)
+              std::memcpy(gbuf + (s * Og + o) * NR + u0,
+                          go + (n * p.O + g * Og + o) * L + l,
+                          sizeof(T) * cnt);
+            u0 += cnt;
           }
+          for (int64_t o = 0; o < Og; ++o)
+            for (int u = valid; u < NR; ++u) gbuf[(s * Og + o) * NR + u] = T(0);
         }
         for (int64_t s = 0; s < ns; ++s) {
           const T* gs = gbuf + s * Og * NR;

@@ -31,14 +31,17 @@ namespace {
 
 template <class Ops, int MR, int NV>
 void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
-              typename Ops::T* C) {
+              typename Ops::T* C, bool accumulate, bool negate) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes, NR = NV * L;
   V acc[MR][NV];
+  // Continuing from C keeps each lane's sum one sequential k-ascending
+  // chain across K-blocks: blocking does not change the rounding.
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Ops::zero();
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = accumulate ? Ops::load(C + r * NR + v * L) : Ops::zero();
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 4
@@ -55,7 +58,7 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      Ops::store(C + r * NR + v * L, Ops::neg(acc[r][v]));
+      Ops::store(C + r * NR + v * L, negate ? Ops::neg(acc[r][v]) : acc[r][v]);
 }
 
 template <class Ops, int MK, int NV>
