@@ -13,6 +13,7 @@ import glob
 import os
 import os.path as osp
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -86,9 +87,24 @@ def get_extensions():
     define_macros = []
     # No -std flag: torch's BuildExtension picks the standard its headers need
     # (C++20 for torch 2.14, C++17 for older releases).
-    extra_compile_args = {
-        'cxx': ['-O3', '-Wall', '-Wno-unknown-pragmas']
-    }
+    extra_compile_args = {'cxx': ['-O3', '-Wall']}
+    extra_link_args = []
+    # at::parallel_for is a header template: with torch's OpenMP backend it
+    # runs in parallel only in code compiled with -fopenmp; without it every
+    # CPU kernel silently runs on one thread. libgomp is linked by soname,
+    # so at run time the copy torch already loaded is reused (one runtime).
+    backend = [
+        line for line in torch.__config__.parallel_info().splitlines()
+        if 'parallel backend' in line
+    ]
+    backend = backend[0].split(':')[-1].strip() if backend else 'unknown'
+    if backend == 'OpenMP' and sys.platform.startswith('linux'):
+        extra_compile_args['cxx'].append('-fopenmp')
+        extra_link_args.append('-fopenmp')
+    else:
+        print('adder_mm: WARNING: building without OpenMP (torch parallel '
+              f'backend {backend}, platform {sys.platform}); the CPU kernels '
+              'will run on one thread')
     include_dirs = [osp.join(ROOT, 'csrc', 'common')]
 
     force_cuda = os.getenv('FORCE_CUDA', '0') == '1'
@@ -126,7 +142,8 @@ def get_extensions():
         sources=sources,
         include_dirs=include_dirs,
         define_macros=define_macros,
-        extra_compile_args=extra_compile_args)
+        extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args)
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
 
 

@@ -459,6 +459,8 @@ def test_ext_info_types():
     info = ext_info()
     assert isinstance(info['cpu'], bool) and isinstance(info['cuda'], bool)
     assert info['cuda'] is False or info['cpu'] is True
+    assert isinstance(info['cpu_threads'], int)
+    assert (info['cpu_threads'] >= 1) == info['cpu']
 
 
 @needs_ext
@@ -486,6 +488,7 @@ def test_fallback_without_extension(monkeypatch):
     assert issubclass(ours[0].category, RuntimeWarning)
     assert 'falling back' in str(ours[0].message)
     assert info['cpu'] is False and info['cuda'] is False
+    assert info['cpu_threads'] == 0
     assert info['error']
     assert_grads_close(fallback, compiled, 1e-12, 1e-11, 'fallback')
 

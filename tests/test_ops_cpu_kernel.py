@@ -78,7 +78,8 @@ def test_bit_identical_across_runs_and_threads(case):
     before = torch.get_num_threads()
     try:
         outs = []
-        for threads in (before, 1, before):
+        # Oversubscribing is fine here: the point is several threads.
+        for threads in (3, 1, 2, 3):
             torch.set_num_threads(threads)
             y, _, gx, _ = _run(case, torch.float32)
             outs.append((y, gx))
@@ -87,6 +88,21 @@ def test_bit_identical_across_runs_and_threads(case):
     for y, gx in outs[1:]:
         assert torch.equal(y, outs[0][0])
         assert torch.equal(gx, outs[0][1])
+
+
+def test_kernels_run_on_torch_threads():
+    """The kernels' parallel loops use torch's thread count.
+
+    ATen's parallel_for is a header template: built without the compiler's
+    OpenMP flag it silently runs every kernel on one thread.
+    """
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            assert ext_info()['cpu_threads'] == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_portable_build_matches():

@@ -36,11 +36,15 @@ def ext_info():
     """Which compiled kernels are available.
 
     Returns:
-        dict: ``{'cpu': bool, 'cuda': bool, 'error': str or None}``.
+        dict: ``{'cpu': bool, 'cuda': bool, 'cpu_threads': int,
+        'error': str or None}``; ``cpu_threads`` is how many threads the CPU
+        kernels run on now (it follows ``torch.set_num_threads``; 0 without
+        the extension).
     """
     ext = load_ext()
     return {
         'cpu': ext is not None,
         'cuda': bool(ext is not None and ext.with_cuda()),
+        'cpu_threads': int(ext.cpu_threads()) if ext is not None else 0,
         'error': None if _ERROR is None else str(_ERROR),
     }

@@ -8,6 +8,10 @@
 
 namespace adder_mm {
 
+// Threads one at::parallel_for of these kernels runs on now (1 when the
+// build lacks the OpenMP flags that make ATen's header template parallel).
+int64_t cpu_parallel_threads();
+
 // out[n,o,h,w] = -sum_{c,i,j} |x_pad[n, g*Cg+c, h*sh-ph+i*dh, w*sw-pw+j*dw] - w[o,c,i,j]|
 // `out` is preallocated [N, O, OH, OW]; every element is written.
 void adder2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,

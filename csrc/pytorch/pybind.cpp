@@ -17,6 +17,7 @@ at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
                                   std::vector<int64_t> padding,
                                   std::vector<int64_t> dilation,
                                   int64_t groups);
+int64_t cpu_parallel_threads();
 }  // namespace adder_mm
 
 namespace {
@@ -42,4 +43,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stride"), py::arg("padding"), py::arg("dilation"),
         py::arg("groups"));
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels are compiled in");
+  m.def("cpu_threads", &adder_mm::cpu_parallel_threads,
+        "threads the CPU kernels' parallel loops use now");
 }
