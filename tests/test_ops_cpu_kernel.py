@@ -168,3 +168,38 @@ def test_benchmark_unfold_form_and_layer_lists():
         (32, 64, 3, 2), (64, 64, 3, 1), (32, 64, 1, 2)}
     assert len(r50) == 22 and all(lay['N'] == 32 for lay in r50)
     assert max(lay['O'] for lay in r50) == 2048
+
+
+def test_benchmark_runs_and_reports(tmp_path):
+    """One small layer end to end: every column is filled and consistent."""
+    bench = _load_benchmark()
+    out = tmp_path / 'bench.json'
+    md = tmp_path / 'bench.md'
+    before = torch.get_num_threads()
+    try:
+        bench.main(['--suite', 'resnet20', '--layers', 'layer3.0.down',
+                    '--repeat', '2', '--warmup', '0', '--threads', '1',
+                    '--out', str(out), '--markdown', str(md)])
+    finally:
+        torch.set_num_threads(before)
+    import json
+    res = json.loads(out.read_text())
+    assert res['env']['threads'] == 1
+    lay, = res['layers']
+    assert lay['name'] == 'layer3.0.down'
+    for key in ('adder_fwd_ms', 'conv_fwd_ms', 'adder_fwdbwd_ms',
+                'conv_fwdbwd_ms', 'unfold_fwd_ms', 'adder_over_conv_fwd',
+                'adder_over_conv_fwdbwd', 'unfold_over_adder_fwd'):
+        assert lay[key] > 0, key
+    assert lay['unfold_over_adder_fwd'] == pytest.approx(
+        lay['unfold_fwd_ms'] / lay['adder_fwd_ms'])
+    assert 'layer3.0.down' in md.read_text()
+
+
+def test_interleaved_times_alternates_calls():
+    bench = _load_benchmark()
+    calls = []
+    medians, ratios = bench.interleaved_times(
+        [lambda: calls.append('a'), lambda: calls.append('b')], 'cpu', 3, 1)
+    assert calls == ['a', 'b'] * 4
+    assert len(medians) == 2 and len(ratios) == 1 and ratios[0] > 0

@@ -17,8 +17,10 @@ of forward+backward (grad of input and weight) of
   [Cout, K, N*L] temporaries, so it runs with fewer repeats and is skipped
   where one such temporary exceeds --unfold-max-mib,
 
-ratios from the same run (adder/conv, unfold/adder), and the peak memory of
-one forward+backward:
+ratios from the same run (adder/conv: the two alternate call by call and the
+ratio is the median over rounds of the per-round ratio, so a shared machine's
+drifts cancel; unfold/adder: ratio of medians), and the peak memory of one
+forward+backward:
 
 - CPU: growth of the process's resident set (VmHWM after the step minus
   VmRSS before it, the high-water mark reset through /proc/self/clear_refs).
@@ -163,17 +165,37 @@ def _sync(device):
 
 def median_time(fn, device, repeat, warmup):
     """Median wall seconds of fn() over `repeat` calls after `warmup`."""
+    return interleaved_times([fn], device, repeat, warmup)[0][0]
+
+
+def interleaved_times(fns, device, repeat, warmup):
+    """Time several functions in alternation (round r calls each once).
+
+    A shared machine's speed drifts within seconds; alternating makes every
+    drift hit all functions alike, so their ratio stays meaningful.
+
+    Returns:
+        (medians, ratios): median wall seconds per function, and for each
+        function i > 0 the median over rounds of time[0] / time[i].
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     _sync(device)
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[i].append(time.perf_counter() - t0)
+    medians = [statistics.median(t) for t in times]
+    ratios = [
+        statistics.median(a / b for a, b in zip(times[0], t))
+        for t in times[1:]
+    ]
+    return medians, ratios
 
 
 def _status_bytes(key):
@@ -219,35 +241,47 @@ def bench_layer(lay, args, device, dtype):
         names.append('unfold')
     res = dict(lay)
     res['unfold_temp_mib'] = round(unfold_mib, 1)
-    gout = None
-    for name in names:
-        op = ops[name]
-        # the unfold form is 2-3 orders slower: a couple of calls suffice
-        rep = args.repeat if name != 'unfold' else max(1, min(args.repeat, 2))
-        warm = args.warmup if name != 'unfold' else min(args.warmup, 1)
-        with torch.no_grad():
-            res[f'{name}_fwd_ms'] = 1e3 * median_time(
-                lambda: op(x, wt), device, rep, warm)
-            if gout is None:
-                gout = torch.randn(op(x, wt).shape, generator=gen).to(
-                    device, dtype)
-        xg = x.detach().requires_grad_()
-        wg = wt.detach().requires_grad_()
+    with torch.no_grad():
+        gout = torch.randn(ops['conv'](x, wt).shape, generator=gen).to(
+            device, dtype)
+    xg = x.detach().requires_grad_()
+    wg = wt.detach().requires_grad_()
 
-        def step():
+    def fwd(op):
+        def run():
+            with torch.no_grad():
+                op(x, wt)
+        return run
+
+    def step(op):
+        def run():
             op(xg, wg).backward(gout)
             xg.grad = None
             wg.grad = None
+        return run
 
-        res[f'{name}_fwdbwd_ms'] = 1e3 * median_time(step, device, rep, warm)
-        step()  # warm allocator and oneDNN caches before measuring memory
-        peak = peak_bytes(step, device)
+    # adder and conv alternate call by call (their ratio is the target);
+    # the unfold form is 2-3 orders slower: a couple of calls suffice.
+    for what, make in (('fwd', fwd), ('fwdbwd', step)):
+        (ta, tc), (ratio, ) = interleaved_times(
+            [make(ops['adder']), make(ops['conv'])], device, args.repeat,
+            args.warmup)
+        res[f'adder_{what}_ms'], res[f'conv_{what}_ms'] = 1e3 * ta, 1e3 * tc
+        res[f'adder_over_conv_{what}'] = ratio
+        if 'unfold' in names:
+            res[f'unfold_{what}_ms'] = 1e3 * median_time(
+                make(ops['unfold']), device, max(1, min(args.repeat, 2)),
+                min(args.warmup, 1))
+    for name in names:
+        run = step(ops[name])
+        run()  # warm allocator and oneDNN caches before measuring memory
+        peak = peak_bytes(run, device)
         res[f'{name}_peak_mib'] = None if peak is None else peak / 2**20
+    a, cv = res['adder_peak_mib'], res['conv_peak_mib']
+    res['adder_over_conv_peak'] = (a / cv) if a and cv else None
     for what in ('fwd', 'fwdbwd', 'peak'):
         unit = 'mib' if what == 'peak' else 'ms'
-        a, cv = res.get(f'adder_{what}_{unit}'), res.get(f'conv_{what}_{unit}')
-        res[f'adder_over_conv_{what}'] = (a / cv) if a and cv else None
-        u = res.get(f'unfold_{what}_{unit}')
+        a, u = res.get(f'adder_{what}_{unit}'), res.get(f'unfold_{what}_{unit}')
         res[f'unfold_over_adder_{what}'] = (u / a) if a and u else None
     return res
 
@@ -273,22 +307,25 @@ def bench_model_step(args, device, dtype):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 32, 32, generator=gen).to(device, dtype)
     y = torch.randint(0, 10, (64, ), generator=gen).to(device)
-    out = {}
+    steps = {}
     for name, cfg in (('adder', dict(type='Adder')), ('conv', None)):
         model = build(cfg)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-        def step():
+        def step(model=model, opt=opt):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x).float(), y).backward()
             opt.step()
 
-        out[f'{name}_step_ms'] = 1e3 * median_time(step, device, args.repeat,
-                                                   args.warmup)
+        steps[name] = step
+    (ta, tc), (ratio, ) = interleaved_times([steps['adder'], steps['conv']],
+                                            device, args.repeat, args.warmup)
+    out = dict(adder_step_ms=1e3 * ta, conv_step_ms=1e3 * tc,
+               adder_over_conv_step=ratio)
+    for name, step in steps.items():
         step()
         peak = peak_bytes(step, device)
         out[f'{name}_step_peak_mib'] = None if peak is None else peak / 2**20
-    out['adder_over_conv_step'] = out['adder_step_ms'] / out['conv_step_ms']
     if out['adder_step_peak_mib'] and out['conv_step_peak_mib']:
         out['adder_over_conv_step_peak'] = (out['adder_step_peak_mib'] /
                                             out['conv_step_peak_mib'])
