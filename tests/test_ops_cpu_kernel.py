@@ -32,6 +32,10 @@ CASES = [
     (1, 2, 40, 40, 3, 5, 5, (1, 1), (2, 2), (1, 1), 1),  # several chunks
     (2, 16, 4, 4, 16, 4, 4, (3, 3), (3, 3), (1, 1), 4),  # taps mostly padding
     (1, 40, 24, 24, 13, 3, 3, (1, 1), (1, 1), (1, 1), 1),  # big K, grad blocks
+    # full-width strips on one output row, padding edges on both sides
+    (2, 3, 6, 32, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 3, 5, 41, 5, 3, 3, (1, 2), (1, 1), (1, 1), 1),  # stride 2 along W
+    (1, 2, 5, 40, 3, 3, 3, (1, 1), (2, 3), (1, 2), 1),  # dilated W, wide pad
 ]
 
 

@@ -135,103 +135,163 @@ struct ChunkGeom {
   int64_t channels;  // input channels of this block
   int64_t rows;      // channels * KH * KW
   int64_t rows_pad;  // rows padded to the tile height (zero rows)
-  int nr;
   int64_t img_stride;  // elements between images of x / grad_X
 };
 
+// im2col / col2im work one segment (a run of strip slots on one output row
+// of one image) at a time: per (c, i) one bounds test, per tap one bounds
+// test and a copy of `count` slots. A full-width segment at stride 1 (NR
+// divides OW: the common case) is a fixed-size copy, 64 bytes for float.
+// Before this structure the copies cost more than the tile reading them
+// at O = 16 (ResNet-20 stage 1).
+
+// dst[k][sg.slot + t] = Xcol[k, segment position t] for every row k of the
+// block's channels (zero for padding taps).
+template <typename T, int NR>
+void im2col_segment(const T* x, const ChunkGeom& cg, const Segment& sg,
+                    T* dst) {
+  const Adder2dParams& p = *cg.p;
+  const int cnt = sg.count;
+  const int64_t sw = p.stride_w;
+  const T* ximg = x + sg.img * cg.img_stride;
+  const int64_t ih0 = sg.oh * p.stride_h - p.pad_h;
+  const int64_t iw00 = sg.ow * sw - p.pad_w;
+  dst += sg.slot;
+  for (int64_t c = 0; c < cg.channels; ++c) {
+    for (int64_t i = 0; i < p.KH; ++i, dst += p.KW * NR) {
+      const int64_t ih = ih0 + i * p.dil_h;
+      if (ih < 0 || ih >= p.H) {
+        for (int64_t j = 0; j < p.KW; ++j)
+          std::memset(dst + j * NR, 0, sizeof(T) * cnt);
+        continue;
+      }
+      const T* src = ximg + (c * p.H + ih) * p.W;
+      for (int64_t j = 0; j < p.KW; ++j) {
+        T* out = dst + j * NR;
+        const int64_t iw0 = iw00 + j * p.dil_w;
+        if (iw0 >= 0 && iw0 + (cnt - 1) * sw < p.W) {
+          if (sw == 1 && cnt == NR) {
+            std::memcpy(out, src + iw0, sizeof(T) * NR);
+          } else if (sw == 1) {
+            for (int t = 0; t < cnt; ++t) out[t] = src[iw0 + t];
+          } else {
+            for (int t = 0; t < cnt; ++t) out[t] = src[iw0 + t * sw];
+          }
+        } else if (sw == 1) {  // a padding edge: clipped copy
+          const int lo = static_cast<int>(
+              std::min<int64_t>(cnt, std::max<int64_t>(0, -iw0)));
+          const int hi = static_cast<int>(std::max<int64_t>(
+              lo, std::min<int64_t>(cnt, p.W - iw0)));
+          for (int t = 0; t < lo; ++t) out[t] = T(0);
+          for (int t = lo; t < hi; ++t) out[t] = src[iw0 + t];
+          for (int t = hi; t < cnt; ++t) out[t] = T(0);
+        } else {
+          for (int t = 0; t < cnt; ++t) {
+            const int64_t iw = iw0 + t * sw;
+            out[t] = (iw >= 0 && iw < p.W) ? src[iw] : T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
 // buf[s][k][slot] = Xcol[k, q0 + s*NR + slot] for the block's channels
 // (zero for padding taps, slots past `len` and rows past `rows`).
-template <typename T>
+template <typename T, int NR>
 void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
                   T* buf) {
   const Adder2dParams& p = *cg.p;
-  const int NR = cg.nr;
   Segment segs[64];
   const int64_t ns = ceil_div(len, NR);
   for (int64_t s = 0; s < ns; ++s) {
     T* dst = buf + s * cg.rows_pad * NR;
     const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
     const int nseg = make_segments(q0 + s * NR, valid, p.OH, p.OW, segs);
-    for (int64_t c = 0; c < cg.channels; ++c) {
-      const T* xc = x + c * p.H * p.W;  // image 0 of the chunk
-      for (int64_t i = 0; i < p.KH; ++i) {
-        for (int64_t j = 0; j < p.KW; ++j) {
-          T* row = dst + ((c * p.KH + i) * p.KW + j) * NR;
-          for (int t = valid; t < NR; ++t) row[t] = T(0);
-          for (int e = 0; e < nseg; ++e) {
-            const Segment& sg = segs[e];
-            T* out = row + sg.slot;
-            const int64_t ih = sg.oh * p.stride_h - p.pad_h + i * p.dil_h;
-            if (ih < 0 || ih >= p.H) {
-              for (int t = 0; t < sg.count; ++t) out[t] = T(0);
-              continue;
-            }
-            const T* src = xc + sg.img * cg.img_stride + ih * p.W;
-            const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
-            if (p.stride_w == 1) {
-              const int lo = static_cast<int>(
-                  std::min<int64_t>(sg.count, std::max<int64_t>(0, -iw0)));
-              const int hi = static_cast<int>(std::max<int64_t>(
-                  lo, std::min<int64_t>(sg.count, p.W - iw0)));
-              for (int t = 0; t < lo; ++t) out[t] = T(0);
-              for (int t = lo; t < hi; ++t) out[t] = src[iw0 + t];
-              for (int t = hi; t < sg.count; ++t) out[t] = T(0);
-            } else {
-              for (int t = 0; t < sg.count; ++t) {
-                const int64_t iw = iw0 + t * p.stride_w;
-                out[t] = (iw >= 0 && iw < p.W) ? src[iw] : T(0);
-              }
-            }
-          }
-        }
-      }
-    }
+    for (int e = 0; e < nseg; ++e) im2col_segment<T, NR>(x, cg, segs[e], dst);
+    if (valid < NR)
+      for (int64_t k = 0; k < cg.rows; ++k)
+        for (int t = valid; t < NR; ++t) dst[k * NR + t] = T(0);
     for (int64_t k = cg.rows; k < cg.rows_pad; ++k)
       for (int t = 0; t < NR; ++t) dst[k * NR + t] = T(0);
   }
 }
 
+// d[0:N] += a[0:N] in 16-byte vectors (GCC leaves the plain loop scalar
+// here: it cannot rule out that d and a overlap).
+template <typename T, int N>
+inline void add_row(T* d, const T* a) {
+  typedef T V __attribute__((vector_size(16)));
+  constexpr int kV = 16 / sizeof(T);
+  static_assert(N % kV == 0, "strip width must fill 16-byte vectors");
+  for (int t = 0; t < N; t += kV) {
+    V u, v;
+    std::memcpy(&u, d + t, sizeof(V));
+    std::memcpy(&v, a + t, sizeof(V));
+    u += v;
+    std::memcpy(d + t, &u, sizeof(V));
+  }
+}
+
+// gx[c, y, x] += col[k][sg.slot + t] for every real (non-padding) pixel
+// that segment position t reads at tap k: the adjoint of im2col_segment.
+template <typename T, int NR>
+void col2im_segment(const T* col, const ChunkGeom& cg, const Segment& sg,
+                    T* gx) {
+  const Adder2dParams& p = *cg.p;
+  const int cnt = sg.count;
+  const int64_t sw = p.stride_w;
+  T* gimg = gx + sg.img * cg.img_stride;
+  const int64_t ih0 = sg.oh * p.stride_h - p.pad_h;
+  const int64_t iw00 = sg.ow * sw - p.pad_w;
+  col += sg.slot;
+  for (int64_t c = 0; c < cg.channels; ++c) {
+    for (int64_t i = 0; i < p.KH; ++i, col += p.KW * NR) {
+      const int64_t ih = ih0 + i * p.dil_h;
+      if (ih < 0 || ih >= p.H) continue;
+      T* dst = gimg + (c * p.H + ih) * p.W;
+      for (int64_t j = 0; j < p.KW; ++j) {
+        const T* in = col + j * NR;
+        const int64_t iw0 = iw00 + j * p.dil_w;
+        if (iw0 >= 0 && iw0 + (cnt - 1) * sw < p.W) {
+          if (sw == 1 && cnt == NR) {
+            add_row<T, NR>(dst + iw0, in);
+          } else {
+            for (int t = 0; t < cnt; ++t) dst[iw0 + t * sw] += in[t];
+          }
+        } else if (sw == 1) {  // a padding edge: clipped add
+          const int lo = static_cast<int>(
+              std::min<int64_t>(cnt, std::max<int64_t>(0, -iw0)));
+          const int hi = static_cast<int>(std::max<int64_t>(
+              lo, std::min<int64_t>(cnt, p.W - iw0)));
+          T* __restrict d = dst + iw0;
+          const T* __restrict a = in;
+          for (int t = lo; t < hi; ++t) d[t] += a[t];
+        } else {
+          for (int t = 0; t < cnt; ++t) {
+            const int64_t iw = iw0 + t * sw;
+            if (iw >= 0 && iw < p.W) dst[iw] += in[t];
+          }
+        }
+      }
+    }
+  }
+}
+
 // gx[c, y, x] += buf[s][k][slot] for every real (non-padding) pixel read by
-// slot at tap k: the adjoint of im2col_chunk, in a fixed order.
-template <typename T>
+// slot at tap k: the adjoint of im2col_chunk, in an order fixed by the shape
+// (strip, segment, tap).
+template <typename T, int NR>
 void col2im_chunk(const T* buf, const ChunkGeom& cg, int64_t q0, int64_t len,
                   T* gx) {
   const Adder2dParams& p = *cg.p;
-  const int NR = cg.nr;
   Segment segs[64];
   const int64_t ns = ceil_div(len, NR);
   for (int64_t s = 0; s < ns; ++s) {
     const T* col = buf + s * cg.rows_pad * NR;
     const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
     const int nseg = make_segments(q0 + s * NR, valid, p.OH, p.OW, segs);
-    for (int64_t c = 0; c < cg.channels; ++c) {
-      T* gc = gx + c * p.H * p.W;
-      for (int64_t i = 0; i < p.KH; ++i) {
-        for (int64_t j = 0; j < p.KW; ++j) {
-          const T* row = col + ((c * p.KH + i) * p.KW + j) * NR;
-          for (int e = 0; e < nseg; ++e) {
-            const Segment& sg = segs[e];
-            const int64_t ih = sg.oh * p.stride_h - p.pad_h + i * p.dil_h;
-            if (ih < 0 || ih >= p.H) continue;
-            T* dst = gc + sg.img * cg.img_stride + ih * p.W;
-            const T* in = row + sg.slot;
-            const int64_t iw0 = sg.ow * p.stride_w - p.pad_w + j * p.dil_w;
-            if (p.stride_w == 1) {
-              const int lo = static_cast<int>(
-                  std::min<int64_t>(sg.count, std::max<int64_t>(0, -iw0)));
-              const int hi = static_cast<int>(std::max<int64_t>(
-                  lo, std::min<int64_t>(sg.count, p.W - iw0)));
-              for (int t = lo; t < hi; ++t) dst[iw0 + t] += in[t];
-            } else {
-              for (int t = 0; t < sg.count; ++t) {
-                const int64_t iw = iw0 + t * p.stride_w;
-                if (iw >= 0 && iw < p.W) dst[iw] += in[t];
-              }
-            }
-          }
-        }
-      }
-    }
+    for (int e = 0; e < nseg; ++e) col2im_segment<T, NR>(col, cg, segs[e], gx);
   }
 }
 
@@ -243,10 +303,10 @@ int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
   return std::min(strips, ceil_div(L, NR)) * NR;
 }
 
-template <typename T>
-void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
+template <typename T, int NR>
+void forward_nr(const T* x, const T* w, T* y, const Adder2dParams& p) {
   const KernelTable<T>& kt = kernels<T>();
-  const int MR = kt.mr, NR = kt.nr;
+  const int MR = kt.mr;
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L();
   const int64_t nob = ceil_div(Og, MR);
@@ -322,8 +382,8 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t c0 = kb * cb, chans = std::min(cb, Cg - c0);
         const int64_t k0 = c0 * KK, kc = chans * KK;
-        const ChunkGeom cg{&p, chans, kc, kc, NR, p.C * HW};
-        im2col_chunk(x + (g * Cg + c0) * HW, cg, q0, len, buf);
+        const ChunkGeom cg{&p, chans, kc, kc, p.C * HW};
+        im2col_chunk<T, NR>(x + (g * Cg + c0) * HW, cg, q0, len, buf);
         for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
           const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
           for (int64_t s = 0; s < ns; ++s) {
@@ -354,11 +414,11 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
   });
 }
 
-template <typename T>
-void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
-                         const Adder2dParams& p) {
+template <typename T, int NR>
+void backward_input_nr(const T* go, const T* x, const T* w, T* gx,
+                       const Adder2dParams& p) {
   const KernelTable<T>& kt = kernels<T>();
-  const int MK = kt.mk, NR = kt.nr;
+  const int MK = kt.mk;
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L(), KK = p.KH * p.KW, HW = p.H * p.W;
 
@@ -419,7 +479,7 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
       const int64_t channels = std::min(cpb, Cg - blk * cpb);
       const int64_t rows = channels * KK;
       const int64_t rows_pad = ceil_div(rows, MK) * MK;
-      const ChunkGeom cg{&p, channels, rows, rows_pad, NR, p.C * HW};
+      const ChunkGeom cg{&p, channels, rows, rows_pad, p.C * HW};
       const T* xin = x + (n0 * p.C + c0) * HW;
       T* gout = gx + (n0 * p.C + c0) * HW;
       for (int64_t n = 0; n < TL / L; ++n)
@@ -430,7 +490,7 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
       for (int64_t c = 0; c < nchunk; ++c) {
         const int64_t q0 = c * PC, len = std::min(PC, TL - q0);
         const int64_t ns = ceil_div(len, NR);
-        im2col_chunk(xin, cg, q0, len, xbuf);
+        im2col_chunk<T, NR>(xin, cg, q0, len, xbuf);
         // gbuf[s][o][slot] = G[n, g*Og + o, q0 + s*NR + slot], zero past len
         // (a zero gradient adds nothing to the padded slots).
         for (int64_t s = 0; s < ns; ++s) {
@@ -457,11 +517,35 @@ void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
             kt.bwd_tile(Og, wt + kb * Og * MK, gs, xs + kb * MK * NR,
                         cs + kb * MK * NR);
         }
-        col2im_chunk(cbuf, cg, q0, len, gout);
+        col2im_chunk<T, NR>(cbuf, cg, q0, len, gout);
       }
     }
   });
 }
+
+// The strip width is a compile-time constant of im2col/col2im (fixed-size
+// copies); the tables use 4, 8 or 16.
+#define ADDER_DISPATCH_NR(nr, ...)                                        \
+  switch (nr) {                                                           \
+    case 4: { constexpr int kNR = 4; __VA_ARGS__; break; }                \
+    case 8: { constexpr int kNR = 8; __VA_ARGS__; break; }                \
+    case 16: { constexpr int kNR = 16; __VA_ARGS__; break; }              \
+    default: TORCH_CHECK(false, "adder2d: unsupported strip width ", nr); \
+  }
+
+template <typename T>
+void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
+  ADDER_DISPATCH_NR(kernels<T>().nr, forward_nr<T, kNR>(x, w, y, p));
+}
+
+template <typename T>
+void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
+                         const Adder2dParams& p) {
+  ADDER_DISPATCH_NR(kernels<T>().nr,
+                    backward_input_nr<T, kNR>(go, x, w, gx, p));
+}
+
+#undef ADDER_DISPATCH_NR
 
 }  // namespace
 
