@@ -15,8 +15,7 @@ import os.path as osp
 import sys
 from copy import deepcopy
 
-from train import (ToolError, check_config_path, check_data_roots,
-                   prepare_cpu_distributed)
+from train import ToolError, build_runner, check_config_path
 
 
 def parse_args(argv=None):
@@ -152,28 +151,11 @@ def load_strict(runner, checkpoint):
 def main(argv=None):
     args = parse_args(argv)
 
-    import adder_mm  # noqa: F401  (registers models, datasets, optimizers)
+    runner = build_runner(args, merge_args, ('test_dataloader', ),
+                          osp.basename(__file__))
     import mmengine
-    from mmengine.config import Config
     from mmengine.evaluator import DumpResults
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    from mmpretrain.utils import register_all_modules
 
-    register_all_modules(init_default_scope=False)
-
-    cfg = Config.fromfile(args.config)
-    try:
-        cfg = merge_args(cfg, args)
-        check_data_roots(cfg, args.config, ('test_dataloader', ))
-        prepare_cpu_distributed(cfg)
-    except ToolError as e:
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
     # Strict first: the Runner's own load (in test()) only warns on
     # mismatches. Loading twice costs a second read of the file.
     try:

@@ -227,10 +227,10 @@ def merge_args(cfg, args):
     return cfg
 
 
-def main(argv=None):
-    args = parse_args(argv)
-
-    # Heavy imports after the argument checks, so bad use fails fast.
+def build_runner(args, merge, loaders, prog):
+    """Load ``args.config``, apply the command line (``merge(cfg, args)``),
+    check the data roots of ``loaders`` and the CPU launch, and build the
+    Runner. A ToolError ends the process with ``prog: error: message``."""
     import adder_mm  # noqa: F401  (registers models, datasets, optimizers)
     from mmengine.config import Config
     from mmengine.registry import RUNNERS
@@ -238,20 +238,24 @@ def main(argv=None):
     from mmpretrain.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-
     cfg = Config.fromfile(args.config)
     try:
-        cfg = merge_args(cfg, args)
-        check_data_roots(cfg, args.config,
-                         ('train_dataloader', 'val_dataloader'))
+        cfg = merge(cfg, args)
+        check_data_roots(cfg, args.config, loaders)
         prepare_cpu_distributed(cfg)
     except ToolError as e:
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-
+        sys.exit(f'{prog}: error: {e}')
     if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Heavy imports after the argument checks, so bad use fails fast.
+    runner = build_runner(args, merge_args,
+                          ('train_dataloader', 'val_dataloader'),
+                          osp.basename(__file__))
     start = time.perf_counter()
     runner.train()
     report_final_metrics(runner, time.perf_counter() - start)
