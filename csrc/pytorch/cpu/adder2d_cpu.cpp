@@ -145,6 +145,26 @@ struct ChunkGeom {
 // Before this structure the copies cost more than the tile reading them
 // at O = 16 (ResNet-20 stage 1).
 
+// Where a segment's taps start: the offset of its image in x / grad_X and
+// the input row and column of tap (0, 0) (negative inside the padding).
+struct SegmentOrigin {
+  int64_t img_off, ih0, iw0;
+};
+
+inline SegmentOrigin segment_origin(const ChunkGeom& cg, const Segment& sg) {
+  const Adder2dParams& p = *cg.p;
+  return {sg.img * cg.img_stride, sg.oh * p.stride_h - p.pad_h,
+          sg.ow * p.stride_w - p.pad_w};
+}
+
+// The slots [lo, hi) of a stride-1 run of `cnt` slots starting at input
+// column iw0 that read real pixels (the rest read padding).
+inline void clip_run(int64_t iw0, int cnt, int64_t W, int* lo, int* hi) {
+  *lo = static_cast<int>(std::min<int64_t>(cnt, std::max<int64_t>(0, -iw0)));
+  *hi = static_cast<int>(
+      std::max<int64_t>(*lo, std::min<int64_t>(cnt, W - iw0)));
+}
+
 // dst[k][sg.slot + t] = Xcol[k, segment position t] for every row k of the
 // block's channels (zero for padding taps).
 template <typename T, int NR>
@@ -153,9 +173,9 @@ void im2col_segment(const T* x, const ChunkGeom& cg, const Segment& sg,
   const Adder2dParams& p = *cg.p;
   const int cnt = sg.count;
   const int64_t sw = p.stride_w;
-  const T* ximg = x + sg.img * cg.img_stride;
-  const int64_t ih0 = sg.oh * p.stride_h - p.pad_h;
-  const int64_t iw00 = sg.ow * sw - p.pad_w;
+  const SegmentOrigin so = segment_origin(cg, sg);
+  const T* ximg = x + so.img_off;
+  const int64_t ih0 = so.ih0, iw00 = so.iw0;
   dst += sg.slot;
   for (int64_t c = 0; c < cg.channels; ++c) {
     for (int64_t i = 0; i < p.KH; ++i, dst += p.KW * NR) {
@@ -178,10 +198,8 @@ void im2col_segment(const T* x, const ChunkGeom& cg, const Segment& sg,
             for (int t = 0; t < cnt; ++t) out[t] = src[iw0 + t * sw];
           }
         } else if (sw == 1) {  // a padding edge: clipped copy
-          const int lo = static_cast<int>(
-              std::min<int64_t>(cnt, std::max<int64_t>(0, -iw0)));
-          const int hi = static_cast<int>(std::max<int64_t>(
-              lo, std::min<int64_t>(cnt, p.W - iw0)));
+          int lo, hi;
+          clip_run(iw0, cnt, p.W, &lo, &hi);
           for (int t = 0; t < lo; ++t) out[t] = T(0);
           for (int t = lo; t < hi; ++t) out[t] = src[iw0 + t];
           for (int t = hi; t < cnt; ++t) out[t] = T(0);
@@ -241,9 +259,9 @@ void col2im_segment(const T* col, const ChunkGeom& cg, const Segment& sg,
   const Adder2dParams& p = *cg.p;
   const int cnt = sg.count;
   const int64_t sw = p.stride_w;
-  T* gimg = gx + sg.img * cg.img_stride;
-  const int64_t ih0 = sg.oh * p.stride_h - p.pad_h;
-  const int64_t iw00 = sg.ow * sw - p.pad_w;
+  const SegmentOrigin so = segment_origin(cg, sg);
+  T* gimg = gx + so.img_off;
+  const int64_t ih0 = so.ih0, iw00 = so.iw0;
   col += sg.slot;
   for (int64_t c = 0; c < cg.channels; ++c) {
     for (int64_t i = 0; i < p.KH; ++i, col += p.KW * NR) {
@@ -260,10 +278,8 @@ void col2im_segment(const T* col, const ChunkGeom& cg, const Segment& sg,
             for (int t = 0; t < cnt; ++t) dst[iw0 + t * sw] += in[t];
           }
         } else if (sw == 1) {  // a padding edge: clipped add
-          const int lo = static_cast<int>(
-              std::min<int64_t>(cnt, std::max<int64_t>(0, -iw0)));
-          const int hi = static_cast<int>(std::max<int64_t>(
-              lo, std::min<int64_t>(cnt, p.W - iw0)));
+          int lo, hi;
+          clip_run(iw0, cnt, p.W, &lo, &hi);
           T* __restrict d = dst + iw0;
           const T* __restrict a = in;
           for (int t = lo; t < hi; ++t) d[t] += a[t];
