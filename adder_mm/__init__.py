@@ -1,9 +1,10 @@
 """adder_mm: AdderNets (Chen et al., CVPR 2020) for OpenMMLab.
 
 ``adder_mm.ops`` needs torch alone. When MMEngine is installed, importing
-adder_mm also registers the models, optimizer constructor and datasets into
-the OpenMMLab registries and allow-lists MMEngine's checkpoint classes for
-``torch.load(weights_only=True)``.
+adder_mm also registers AdderConv2d and the optimizer constructor into the
+OpenMMLab registries and allow-lists MMEngine's checkpoint classes for
+``torch.load(weights_only=True)``; with MMPretrain also installed, the adder
+ResNets, the head and the digits dataset as well.
 """
 import importlib.util
 
@@ -14,5 +15,8 @@ __all__ = ['__version__']
 if importlib.util.find_spec('mmengine') is not None:
     from .utils import register_checkpoint_safe_globals
     register_checkpoint_safe_globals()
-    from . import datasets, engine, models  # noqa: F401,E402  (registration)
-    __all__ += ['datasets', 'engine', 'models']
+    from . import engine, models  # noqa: F401,E402  (registration)
+    __all__ += ['engine', 'models']
+    if importlib.util.find_spec('mmpretrain') is not None:
+        from . import datasets  # noqa: F401,E402
+        __all__ += ['datasets']

@@ -174,3 +174,35 @@ def test_mmpretrain_resnet_all_convs_adder(backbone):
     grads = [m.weight.grad for m in adders]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(bool(g.abs().sum() > 0) for g in grads) == len(adders)
+
+
+def test_layer_registered_without_mmpretrain():
+    """An MMDetection/MMSegmentation environment (MMEngine + MMCV, no
+    MMPretrain): importing adder_mm registers the layer and the optimizer
+    constructor, and the MMPretrain subclasses explain what is missing."""
+    import subprocess
+    import sys
+    code = '\n'.join([
+        'import sys',
+        "sys.modules['mmpretrain'] = None  # not installed",
+        'import torch, adder_mm',
+        'from mmcv.cnn import ConvModule',
+        'from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS',
+        "m = ConvModule(4, 8, 3, padding=1, conv_cfg=dict(type='Adder'),",
+        "               norm_cfg=dict(type='BN'))",
+        "assert type(m.conv).__name__ == 'AdderConv2d'",
+        'assert m(torch.randn(2, 4, 6, 6)).shape == (2, 8, 6, 6)',
+        "assert OPTIM_WRAPPER_CONSTRUCTORS.get('AdderOptimWrapperConstructor')",
+        "assert not hasattr(adder_mm, 'datasets')",
+        'try:',
+        '    adder_mm.models.AdderResNet_CIFAR',
+        'except ImportError as e:',
+        "    assert 'MMPretrain' in str(e), e",
+        'else:',
+        "    raise AssertionError('no ImportError')",
+        "print('ok')",
+    ])
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith('ok')

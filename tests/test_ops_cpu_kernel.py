@@ -207,3 +207,28 @@ def test_interleaved_times_alternates_calls():
         [lambda: calls.append('a'), lambda: calls.append('b')], 'cpu', 3, 1)
     assert calls == ['a', 'b'] * 4
     assert len(medians) == 2 and len(ratios) == 1 and ratios[0] > 0
+
+
+def test_benchmark_torch_only_resnet20(monkeypatch):
+    """Without MMPretrain (the GPU check's machine) --model-step times the
+    script's own ResNet-20, which has AdderResNet_CIFAR's layers."""
+    bench = _load_benchmark()
+    adder_mm_models = pytest.importorskip('adder_mm.models')
+    ours = adder_mm_models.AdderResNet_CIFAR(depth=20)
+    for adder in (True, False):
+        net = bench.resnet20_torch(adder)
+        assert (sum(p.numel() for p in net.parameters()) ==
+                sum(p.numel() for p in ours.parameters()))
+        kinds = [type(m).__name__ for m in net.modules()
+                 if 'Conv' in type(m).__name__]
+        # stem + 18 block convs + 2 strided shortcuts; the stem stays a conv
+        assert kinds.count('Conv2d') == (1 if adder else 21)
+        assert kinds.count('_AdderConv') == (20 if adder else 0)
+    x = torch.randn(2, 3, 32, 32)
+    assert bench.resnet20_torch(True)(x).shape == ours(x)[-1].shape
+
+    monkeypatch.setitem(sys.modules, 'mmpretrain.models.backbones', None)
+    args = bench.parse_args(['--repeat', '1', '--warmup', '0'])
+    out = bench.bench_model_step(args, 'cpu', torch.float32)
+    assert out['model'].startswith('resnet20_torch')
+    assert out['adder_step_ms'] > 0 and out['conv_step_ms'] > 0

@@ -1,9 +1,27 @@
-from .backbones import (AdderResNet, AdderResNet_CIFAR, AdderResNetV1c,
-                        AdderResNetV1d)
-from .heads import LinearBNClsHead
+"""AdderConv2d (needs MMEngine); the adder ResNets and the head (need
+MMPretrain, which they subclass). Without MMPretrain, e.g. in an MMDetection
+or MMSegmentation environment, the layer is still registered, so
+``conv_cfg=dict(type='Adder')`` works in those backbones."""
+import importlib.util
+
 from .layers import AdderConv2d
 
-__all__ = [
-    'AdderConv2d', 'AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
-    'AdderResNet_CIFAR', 'LinearBNClsHead'
-]
+__all__ = ['AdderConv2d']
+
+_NEED_MMPRETRAIN = ('AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
+                    'AdderResNet_CIFAR', 'LinearBNClsHead')
+
+if importlib.util.find_spec('mmpretrain') is not None:
+    from .backbones import (AdderResNet, AdderResNet_CIFAR, AdderResNetV1c,
+                            AdderResNetV1d)
+    from .heads import LinearBNClsHead
+    __all__ += list(_NEED_MMPRETRAIN)
+
+
+def __getattr__(name):
+    if name in _NEED_MMPRETRAIN:
+        raise ImportError(
+            f'adder_mm.models.{name} subclasses MMPretrain, which is not '
+            'installed: pip install -r requirements/runtime.txt (mmpretrain '
+            '1.2.0). AdderConv2d works without it.')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

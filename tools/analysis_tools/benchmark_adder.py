@@ -288,28 +288,37 @@ def bench_layer(lay, args, device, dtype):
 
 # ------------------------------------------------------------ model step
 def bench_model_step(args, device, dtype):
+    import torch.nn as nn
     try:
         from mmpretrain.models.backbones import ResNet_CIFAR  # noqa: F401
 
         from adder_mm.models import AdderResNet_CIFAR
-    except ImportError as e:
-        print(f'--model-step skipped: mmpretrain/adder_mm.models not '
-              f'importable ({e})')
-        return None
-    import torch.nn as nn
 
-    def build(conv_cfg):
-        # Default init (standard-normal adder weights, as the paper's code);
-        # init_weights() would only add log noise to a timing.
-        backbone = AdderResNet_CIFAR(depth=20, conv_cfg=conv_cfg)
-        return nn.Sequential(backbone, _Head(64, 10)).to(device, dtype)
+        def build(adder):
+            # Default init (standard-normal adder weights, as the paper's
+            # code); init_weights() would only add noise to a timing.
+            backbone = AdderResNet_CIFAR(
+                depth=20, conv_cfg=dict(type='Adder') if adder else None)
+            return nn.Sequential(backbone, _Head(64, 10)).to(device, dtype)
+
+        model_name = 'AdderResNet_CIFAR(depth=20)'
+    except ImportError as e:
+        # The GPU check's machine has torch alone: same network, built here.
+        print(f'--model-step: mmpretrain/adder_mm.models not importable ({e}); '
+              'timing the torch-only ResNet-20 of this script instead')
+
+        def build(adder):
+            return nn.Sequential(resnet20_torch(adder),
+                                 _Head(64, 10)).to(device, dtype)
+
+        model_name = 'resnet20_torch (torch only)'
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 32, 32, generator=gen).to(device, dtype)
     y = torch.randint(0, 10, (64, ), generator=gen).to(device)
     steps = {}
-    for name, cfg in (('adder', dict(type='Adder')), ('conv', None)):
-        model = build(cfg)
+    for name in ('adder', 'conv'):
+        model = build(name == 'adder')
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(model=model, opt=opt):
@@ -320,7 +329,7 @@ def bench_model_step(args, device, dtype):
         steps[name] = step
     (ta, tc), (ratio, ) = interleaved_times([steps['adder'], steps['conv']],
                                             device, args.repeat, args.warmup)
-    out = dict(adder_step_ms=1e3 * ta, conv_step_ms=1e3 * tc,
+    out = dict(model=model_name, adder_step_ms=1e3 * ta, conv_step_ms=1e3 * tc,
                adder_over_conv_step=ratio)
     for name, step in steps.items():
         step()
@@ -330,6 +339,58 @@ def bench_model_step(args, device, dtype):
         out['adder_over_conv_step_peak'] = (out['adder_step_peak_mib'] /
                                             out['conv_step_peak_mib'])
     return out
+
+
+class _AdderConv(torch.nn.Module):
+    """Adder layer on adder_mm.ops alone (adder_mm.models needs MMEngine)."""
+
+    def __init__(self, cin, cout, k, stride):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(cout, cin, k, k))
+        self.stride, self.padding = stride, k // 2
+
+    def forward(self, x):
+        return adder2d(x, self.weight, None, self.stride, self.padding)
+
+
+class _BasicBlock(torch.nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN on a change of
+    shape), ReLU: mmpretrain's ResNet_CIFAR block."""
+
+    def __init__(self, cin, cout, stride, conv):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(conv(cin, cout, 3, stride),
+                                  nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                  conv(cout, cout, 3, 1), nn.BatchNorm2d(cout))
+        self.short = (nn.Sequential(conv(cin, cout, 1, stride),
+                                    nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.short(x))
+
+
+def resnet20_torch(adder):
+    """The paper's CIFAR ResNet-20 in plain torch: an ordinary 3x3 stem conv
+    to 16 channels, 3 stages x 3 blocks (16, 32, 64), adder or conv layers.
+    Same layers and parameters as AdderResNet_CIFAR(depth=20)."""
+    nn = torch.nn
+
+    def conv(cin, cout, k, stride):
+        if adder:
+            return _AdderConv(cin, cout, k, stride)
+        return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+              nn.ReLU(inplace=True)]
+    cin = 16
+    for i, cout in enumerate((16, 32, 64)):
+        for j in range(3):
+            layers.append(_BasicBlock(cin, cout, 2 if i and not j else 1,
+                                      conv))
+            cin = cout
+    return nn.Sequential(*layers)
 
 
 class _Head(torch.nn.Module):
@@ -483,7 +544,7 @@ def main(argv=None):
               f"max {v['max']:.2f}, n={v['count']})")
     model = bench_model_step(args, device, dtype) if args.model_step else None
     if model:
-        print(f"AdderResNet-20 training step (batch 64): adder "
+        print(f"{model['model']} training step (batch 64): adder "
               f"{model['adder_step_ms']:.1f} ms, CNN twin "
               f"{model['conv_step_ms']:.1f} ms, ratio "
               f"{model['adder_over_conv_step']:.2f}; peak "
@@ -499,7 +560,7 @@ def main(argv=None):
                     f"torch {env['torch']}, {env['threads']} threads, "
                     f"{args.dtype}\n\n{table}\n")
             if model:
-                f.write(f"\nAdderResNet-20 training step (batch 64): "
+                f.write(f"\n{model['model']} training step (batch 64): "
                         f"{model['adder_step_ms']:.1f} ms vs CNN "
                         f"{model['conv_step_ms']:.1f} ms "
                         f"(x{model['adder_over_conv_step']:.2f})\n")
