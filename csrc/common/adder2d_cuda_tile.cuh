@@ -162,6 +162,82 @@ ADDER_HD void run_block(Exec& ex) {
 // coordinate lands far outside the input, so the column gathers zeros.
 constexpr int kFar = -(1 << 29);
 
+// ---- per-thread parts both kernels share ------------------------------------
+
+// One thread's operand registers and chunk cursor, and the moves of a chunk
+// from global memory to registers (load_a, load_b) to shared memory (store)
+// and of one k step from shared memory to registers (fragments), the same in
+// both kernels. A is a BK x BM slice of the transposed weight (rows r0 ..,
+// columns m0 ..); B is BK rows of the one column each thread gathers.
+template <class Cfg, typename acc_t>
+struct TileThread {
+  static constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
+  static constexpr int TM = Cfg::TM, TN = Cfg::TN, TX = Cfg::TX, TY = Cfg::TY;
+  static constexpr int NT = Cfg::NT, A_PER = Cfg::A_PER, B_PER = Cfg::B_PER;
+  static constexpr int KSTEP = Cfg::KSTEP;
+  using Sm = Smem<Cfg, acc_t>;
+
+  // Live through the main loop, so kept few and narrow (each is registers).
+  int mlim;        // M - m0: A-tile columns that exist
+  int ti, tj, r0;  // chunk cursor: tap (ti, tj), rows r0 .. r0+BK-1
+  int tid;
+  acc_t ra[A_PER], rb[B_PER];
+  acc_t acc[TM][TN];
+
+  // ra = W where row r0 + r < R and column m < mlim (kHalf: 0.5 W + 0.5),
+  // else 0; w points at (tap, row r0, column m0). Masked loads read a valid
+  // address (w[0] exists) instead of branching: a plain LDG + select.
+  template <bool kHalf, typename T>
+  ADDER_HD void load_a(const T* w, int64_t R, int64_t M) {
+    ADDER_UNROLL
+    for (int q = 0; q < A_PER; ++q) {
+      const int e = tid + q * NT;
+      const int r = e / BM, m = e % BM;
+      const bool ok = r0 + r < R && m < mlim;
+      const acc_t v = static_cast<acc_t>(w[ok ? r * M + m : 0]);
+      ra[q] = ok ? (kHalf ? acc_t(0.5) * v + acc_t(0.5) : v) : acc_t(0);
+    }
+  }
+
+  // rb = rows r0 + ... of this thread's column, `plane` elements apart, where
+  // col is not nullptr (the tap reads something) and the row is below R,
+  // else 0; `any` is a valid address for the masked loads.
+  template <typename T>
+  ADDER_HD void load_b(const T* col, const T* any, int64_t plane, int64_t R) {
+    const T* src = col != nullptr ? col : any;
+    ADDER_UNROLL
+    for (int q = 0; q < B_PER; ++q) {
+      const int r = r0 + tid / BN + q * KSTEP;
+      const bool ok = col != nullptr && r < R;
+      const acc_t v = static_cast<acc_t>(src[ok ? r * plane : 0]);
+      rb[q] = ok ? v : acc_t(0);
+    }
+  }
+
+  ADDER_HD void store(Sm& sm, int stage) const {
+    ADDER_UNROLL
+    for (int q = 0; q < A_PER; ++q) {
+      const int e = tid + q * NT;
+      sm.a[stage][e / BM][e % BM] = ra[q];
+    }
+    ADDER_UNROLL
+    for (int q = 0; q < B_PER; ++q)
+      sm.b[stage][tid / BN + q * KSTEP][tid % BN] = rb[q];
+  }
+
+  // This thread's TM rows of A and TN columns of B at step kk of a stage.
+  ADDER_HD void fragments(const Sm& sm, int stage, int kk, acc_t* av,
+                          acc_t* bv) const {
+    const int tx = tid % TX, ty = tid / TX;
+    ADDER_UNROLL
+    for (int q = 0; q < TM / 4; ++q)
+      lds4(&sm.a[stage][kk][q * TY * 4 + ty * 4], &av[q * 4]);
+    ADDER_UNROLL
+    for (int q = 0; q < TN / 4; ++q)
+      lds4(&sm.b[stage][kk][q * TX * 4 + tx * 4], &bv[q * 4]);
+  }
+};
+
 // ---- forward ---------------------------------------------------------------
 
 template <typename T>
@@ -211,23 +287,16 @@ ADDER_HD FwdBlock fwd_block(const FwdArgs<T>& a, int BM, int BN,
 }
 
 template <class Cfg, typename T, typename acc_t>
-struct FwdThread {
-  static constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
-  static constexpr int TM = Cfg::TM, TN = Cfg::TN, TX = Cfg::TX, TY = Cfg::TY;
-  static constexpr int NT = Cfg::NT, A_PER = Cfg::A_PER, B_PER = Cfg::B_PER;
-  static constexpr int KSTEP = Cfg::KSTEP;
-  using Sm = Smem<Cfg, acc_t>;
+struct FwdThread : TileThread<Cfg, acc_t> {
+  using Base = TileThread<Cfg, acc_t>;
+  using typename Base::Sm;
+  using Base::BM, Base::BN, Base::BK, Base::TM, Base::TN, Base::TX, Base::TY;
+  using Base::mlim, Base::ti, Base::tj, Base::r0, Base::tid, Base::acc;
 
-  // Live through the main loop, so kept few and narrow (each is registers).
   const T* wa;  // transposed weight at (g, tap 0, row 0, column m0)
   const T* xn;  // x[n, g*Cg] for this thread's B column (position p0+tid%BN)
   const T* xb;  // xn + offset of the current tap; nullptr on padding
-  int mlim;     // M - m0: A-tile columns that exist
   int oh, ow;   // output position of the B column (kFar past the end)
-  int ti, tj, r0;  // chunk cursor: tap (ti, tj), rows r0 .. r0+BK-1
-  int tid;
-  acc_t ra[A_PER], rb[B_PER];
-  acc_t acc[TM][TN];
 
   ADDER_HD void init(const FwdArgs<T>& a, int64_t block, int tid_) {
     const Adder2dParams& p = a.p;
@@ -263,40 +332,13 @@ struct FwdThread {
     xb = inside ? xn + iy * p.W + ix : nullptr;
   }
 
-  // Global -> registers for the chunk at the cursor.
+  // Global -> registers for the chunk at the cursor. A padded tap reads 0
+  // (and still adds |W|); rows past R read 0 on both operands and add
+  // nothing.
   ADDER_HD void load(const FwdArgs<T>& a) {
-    const T* w = wa + ((ti * a.p.KW + tj) * a.R + r0) * a.M;
-    ADDER_UNROLL
-    for (int q = 0; q < A_PER; ++q) {
-      const int e = tid + q * NT;
-      const int r = e / BM, m = e % BM;
-      const bool ok = r0 + r < a.R && m < mlim;
-      const acc_t v = static_cast<acc_t>(w[ok ? r * a.M + m : 0]);
-      ra[q] = ok ? v : acc_t(0);
-    }
-    // A padded tap reads 0 (and still adds |W|); rows past R read 0 on both
-    // operands and add nothing. Masked loads read a valid address instead of
-    // branching (w[0] and x[0] exist), so every load is a plain LDG + select.
-    const T* xs = xb != nullptr ? xb : a.x;
-    const int64_t plane = a.p.H * a.p.W;
-    ADDER_UNROLL
-    for (int q = 0; q < B_PER; ++q) {
-      const int r = r0 + tid / BN + q * KSTEP;
-      const bool ok = xb != nullptr && r < a.R;
-      const acc_t v = static_cast<acc_t>(xs[ok ? r * plane : 0]);
-      rb[q] = ok ? v : acc_t(0);
-    }
-  }
-
-  ADDER_HD void store(Sm& sm, int stage) const {
-    ADDER_UNROLL
-    for (int q = 0; q < A_PER; ++q) {
-      const int e = tid + q * NT;
-      sm.a[stage][e / BM][e % BM] = ra[q];
-    }
-    ADDER_UNROLL
-    for (int q = 0; q < B_PER; ++q)
-      sm.b[stage][tid / BN + q * KSTEP][tid % BN] = rb[q];
+    this->template load_a<false>(
+        wa + ((ti * a.p.KW + tj) * a.R + r0) * a.M, a.R, a.M);
+    this->load_b(xb, a.x, a.p.H * a.p.W, a.R);
   }
 
   ADDER_HD void advance(const FwdArgs<T>& a) {
@@ -311,16 +353,10 @@ struct FwdThread {
   }
 
   ADDER_HD void compute(const Sm& sm, int stage) {
-    const int tx = tid % TX, ty = tid / TX;
     ADDER_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       acc_t av[TM], bv[TN];
-      ADDER_UNROLL
-      for (int q = 0; q < TM / 4; ++q)
-        lds4(&sm.a[stage][kk][q * TY * 4 + ty * 4], &av[q * 4]);
-      ADDER_UNROLL
-      for (int q = 0; q < TN / 4; ++q)
-        lds4(&sm.b[stage][kk][q * TX * 4 + tx * 4], &bv[q * 4]);
+      this->fragments(sm, stage, kk, av, bv);
       ADDER_UNROLL
       for (int i = 0; i < TM; ++i)
         ADDER_UNROLL
@@ -436,25 +472,19 @@ ADDER_HD bool class_pixel(const BwdArgs<T>& a, int ry, int rx, int64_t q,
 }
 
 template <class Cfg, typename T, typename acc_t>
-struct BwdThread {
-  static constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
-  static constexpr int TM = Cfg::TM, TN = Cfg::TN, TX = Cfg::TX, TY = Cfg::TY;
-  static constexpr int NT = Cfg::NT, A_PER = Cfg::A_PER, B_PER = Cfg::B_PER;
-  static constexpr int KSTEP = Cfg::KSTEP;
-  using Sm = Smem<Cfg, acc_t>;
+struct BwdThread : TileThread<Cfg, acc_t> {
+  using Base = TileThread<Cfg, acc_t>;
+  using typename Base::Sm;
+  using Base::BM, Base::BN, Base::BK, Base::TM, Base::TN, Base::TX, Base::TY;
+  using Base::mlim, Base::ti, Base::tj, Base::r0, Base::tid, Base::acc;
 
-  // Live through the main loop, so kept few and narrow (each is registers).
+  // The chunk cursor (ti, tj, r0) runs over the taps that reach the class.
   const T* wa;  // transposed weight at (g, tap 0, row 0, column m0)
   const T* gn;  // grad_out[n, g*Og] for this thread's B column
   const T* gb;  // gn + (h, w) read through the current tap; nullptr if none
-  int mlim;     // M - m0
   int yv, xv;   // class-grid coordinates of the B column (kFar if absent)
   int ry, rx;   // stride class of the block
-  int ti, tj, r0;  // chunk cursor over the taps that reach the class
-  int tid;
   int64_t nch;
-  acc_t ra[A_PER], rb[B_PER];
-  acc_t acc[TM][TN];
   acc_t xh[TM][TN];  // 0.5 * X at this thread's outputs
   acc_t gsum[TN];    // sum of the G values gathered for each output column
 
@@ -533,39 +563,12 @@ struct BwdThread {
     gb = inside ? gn + h * p.OW + w : nullptr;
   }
 
+  // A is stored as 0.5 W + 0.5 (see the header comment); rows past R meet
+  // G = 0 and add nothing.
   ADDER_HD void load(const BwdArgs<T>& a) {
-    const T* w = wa + ((ti * a.p.KW + tj) * a.R + r0) * a.M;
-    ADDER_UNROLL
-    for (int q = 0; q < A_PER; ++q) {
-      const int e = tid + q * NT;
-      const int r = e / BM, m = e % BM;
-      // Stored as 0.5 W + 0.5 (see the header comment); rows past R meet
-      // G = 0 and add nothing. Masked loads read a valid address (as in the
-      // forward) instead of branching.
-      const bool ok = r0 + r < a.R && m < mlim;
-      const acc_t v = static_cast<acc_t>(w[ok ? r * a.M + m : 0]);
-      ra[q] = ok ? acc_t(0.5) * v + acc_t(0.5) : acc_t(0);
-    }
-    const T* gs = gb != nullptr ? gb : a.go;
-    const int64_t plane = a.p.L();
-    ADDER_UNROLL
-    for (int q = 0; q < B_PER; ++q) {
-      const int r = r0 + tid / BN + q * KSTEP;
-      const bool ok = gb != nullptr && r < a.R;
-      const acc_t v = static_cast<acc_t>(gs[ok ? r * plane : 0]);
-      rb[q] = ok ? v : acc_t(0);
-    }
-  }
-
-  ADDER_HD void store(Sm& sm, int stage) const {
-    ADDER_UNROLL
-    for (int q = 0; q < A_PER; ++q) {
-      const int e = tid + q * NT;
-      sm.a[stage][e / BM][e % BM] = ra[q];
-    }
-    ADDER_UNROLL
-    for (int q = 0; q < B_PER; ++q)
-      sm.b[stage][tid / BN + q * KSTEP][tid % BN] = rb[q];
+    this->template load_a<true>(
+        wa + ((ti * a.p.KW + tj) * a.R + r0) * a.M, a.R, a.M);
+    this->load_b(gb, a.go, a.p.L(), a.R);
   }
 
   ADDER_HD void advance(const BwdArgs<T>& a) {
@@ -581,16 +584,10 @@ struct BwdThread {
   }
 
   ADDER_HD void compute(const Sm& sm, int stage) {
-    const int tx = tid % TX, ty = tid / TX;
     ADDER_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       acc_t av[TM], bv[TN];
-      ADDER_UNROLL
-      for (int q = 0; q < TM / 4; ++q)
-        lds4(&sm.a[stage][kk][q * TY * 4 + ty * 4], &av[q * 4]);
-      ADDER_UNROLL
-      for (int q = 0; q < TN / 4; ++q)
-        lds4(&sm.b[stage][kk][q * TX * 4 + tx * 4], &bv[q * 4]);
+      this->fragments(sm, stage, kk, av, bv);
       ADDER_UNROLL
       for (int j = 0; j < TN; ++j) gsum[j] += bv[j];
       ADDER_UNROLL

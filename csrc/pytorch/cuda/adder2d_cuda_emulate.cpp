@@ -215,6 +215,20 @@ void report(bool ok, const char* what, const char* cfg, const Adder2dParams& p,
       (long long)p.groups, err, scale);
 }
 
+// Runs every block of a launch (threads in reverse order if `rev`); returns
+// whether every block's threads agreed on the chunk count.
+template <class Thread, class Args, class Sm>
+bool run_grid(const Args& a, int nt, bool rev) {
+  bool uniform = true;
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    Sm sm;
+    HostExec<Thread, Args, Sm> ex(a, sm, nt, b, rev);
+    run_block(ex);
+    uniform = uniform && ex.uniform;
+  }
+  return uniform;
+}
+
 template <class Cfg, typename T>
 void check_config(const char* name, const Adder2dParams& p,
                   const std::vector<T>& x, const std::vector<T>& w,
@@ -229,14 +243,9 @@ void check_config(const char* name, const Adder2dParams& p,
     {
       std::vector<T> y(y_ref.size(), nan);
       const FwdArgs<T> a = make_fwd_args<Cfg>(p, wt_f.data(), x.data(), y.data());
-      bool uniform = true;
-      for (int64_t b = 0; b < a.blocks; ++b) {
-        Smem<Cfg, acc_t> sm;
-        HostExec<FwdThread<Cfg, T, acc_t>, FwdArgs<T>, Smem<Cfg, acc_t>> ex(
-            a, sm, Cfg::NT, b, rev);
-        run_block(ex);
-        uniform = uniform && ex.uniform;
-      }
+      const bool uniform =
+          run_grid<FwdThread<Cfg, T, acc_t>, FwdArgs<T>, Smem<Cfg, acc_t>>(
+              a, Cfg::NT, rev);
       double scale;
       const double err = max_err(y, y_ref, &scale);
       report(uniform && err <= tol * (1 + scale),
@@ -246,14 +255,9 @@ void check_config(const char* name, const Adder2dParams& p,
       std::vector<T> gx(gx_ref.size(), nan);
       const BwdArgs<T> a =
           make_bwd_args<Cfg>(p, wt_b.data(), go.data(), x.data(), gx.data());
-      bool uniform = true;
-      for (int64_t b = 0; b < a.blocks; ++b) {
-        Smem<Cfg, acc_t> sm;
-        HostExec<BwdThread<Cfg, T, acc_t>, BwdArgs<T>, Smem<Cfg, acc_t>> ex(
-            a, sm, Cfg::NT, b, rev);
-        run_block(ex);
-        uniform = uniform && ex.uniform;
-      }
+      const bool uniform =
+          run_grid<BwdThread<Cfg, T, acc_t>, BwdArgs<T>, Smem<Cfg, acc_t>>(
+              a, Cfg::NT, rev);
       double scale;
       const double err = max_err(gx, gx_ref, &scale);
       report(uniform && err <= tol * (1 + scale),
