@@ -2,7 +2,8 @@
 # One prepared check of the CUDA kernels on a lent GPU machine, from the repo
 # root, in under 5 minutes: versions, an in-place build with CUDA for the local
 # arch only, the CUDA tests, the CUDA benchmark. Everything is teed into $OUT
-# (gpu_check.log, tests.log, benchmark.json, benchmark.md, summary.txt).
+# (gpu_check.log, tests.log, benchmark.json, benchmark.md, benchmark_fp16.md,
+# build_warnings.txt, summary.txt).
 # Needs python + torch with CUDA + nvcc; no OpenMMLab, pip or network.
 #
 #   OUT=/some/dir bash tools/gpu_check.sh        # $OUT defaults to ./gpu_check_out
@@ -18,7 +19,7 @@ SUMMARY=$OUT/summary.txt
 : >"$LOG"
 : >"$SUMMARY"
 exec > >(tee -a "$LOG") 2>&1
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
 START=$(date +%s)
 FAILED=0
 
@@ -118,8 +119,20 @@ else
   FAILED=1
 fi
 
+# float16 on ResNet-50 (tensor-core-free kernels vs cuDNN's half conv): only
+# with time to spare, informative rather than a target.
+LEFT=$((290 - ($(date +%s) - START)))
+if [ $LEFT -ge 45 ] && [ -f tools/analysis_tools/benchmark_adder.py ]; then
+  step benchmark_fp16 "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
+    --device cuda --dtype float16 --suite resnet50 --no-unfold \
+    --markdown "$OUT/benchmark_fp16.md"
+else
+  echo "SKIP  benchmark_fp16 (${LEFT}s left)" | tee -a "$SUMMARY"
+fi
+
 echo
 echo "===== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
 [ -f "$OUT/benchmark.md" ] && cat "$OUT/benchmark.md"
+[ -f "$OUT/benchmark_fp16.md" ] && cat "$OUT/benchmark_fp16.md"
 exit $FAILED
