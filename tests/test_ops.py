@@ -310,12 +310,12 @@ def test_device_mismatch():
 @needs_ext
 def test_ext_direct_bad_args_raise():
     """The C++ entry points check their arguments (TORCH_CHECK)."""
-    from adder_mm import _ext
+    ops = torch.ops.adder_mm  # defined by loading adder_mm._ext (ext_info)
     x = torch.randn(1, 4, 5, 5)
     w = torch.randn(2, 4, 3, 3)
     one = [1, 1]
     zero = [0, 0]
-    fwd = _ext.adder2d_forward
+    fwd = ops.adder2d_forward
     bad = [
         ('must be 4-D', lambda: fwd(x[0], w, None, one, zero, one, 1)),
         ('weight must be 4-D', lambda: fwd(x, w[0], None, one, zero, one, 1)),
@@ -343,26 +343,38 @@ def test_ext_direct_bad_args_raise():
                                              one, 1)),
         ('bias must match', lambda: fwd(x, w, torch.zeros(2).double(), one,
                                         zero, one, 1)),
-        ('grad_output must have shape', lambda: _ext.adder2d_backward_input(
-            torch.randn(1, 2, 2, 2), x, w, one, zero, one, 1)),
-        ('grad_output must match', lambda: _ext.adder2d_backward_input(
-            torch.randn(1, 2, 3, 3).double(), x, w, one, zero, one, 1)),
-        ('input must be 4-D', lambda: _ext.adder2d_backward_input(
-            torch.randn(1, 2, 3, 3), x[0], w, one, zero, one, 1)),
     ]
+    for bwd in (ops.adder2d_backward_input, ops.adder2d_backward_weight):
+        bad += [
+            ('grad_output must have shape', lambda bwd=bwd: bwd(
+                torch.randn(1, 2, 2, 2), x, w, one, zero, one, 1)),
+            ('grad_output must match', lambda bwd=bwd: bwd(
+                torch.randn(1, 2, 3, 3).double(), x, w, one, zero, one, 1)),
+            ('input must be 4-D', lambda bwd=bwd: bwd(
+                torch.randn(1, 2, 3, 3), x[0], w, one, zero, one, 1)),
+        ]
     for match, call in bad:
         with pytest.raises(RuntimeError, match=match):
             call()
 
 
 @needs_ext
-def test_ext_direct_meta_tensors_raise_not_crash():
-    """A tensor without storage must not reach the CPU kernel."""
-    from adder_mm import _ext
-    x = torch.randn(1, 2, 4, 4, device='meta')
-    w = torch.randn(3, 2, 3, 3, device='meta')
-    with pytest.raises(RuntimeError):
-        _ext.adder2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+def test_ext_ops_on_meta_tensors_give_shapes_not_crash():
+    """Tensors without storage never reach a kernel: the dispatcher sends
+    them to the ops' fake (shape-only) kernels."""
+    from adder_mm.ops.adder2d import _ops_for
+    layer, fwd, bwd_in, bwd_w = _ops_for(torch.empty(0))  # + the fakes
+    x = torch.randn(2, 4, 9, 8, device='meta')
+    w = torch.randn(6, 2, 3, 3, device='meta')
+    args = ([2, 1], [1, 0], [1, 2], 2)
+    y = fwd(x, w, None, *args)
+    assert y.device.type == 'meta' and y.shape == (2, 6, 5, 4)
+    assert layer(x, w, None, *args).shape == y.shape
+    g = torch.randn(y.shape, device='meta')
+    assert bwd_in(g, x, w, *args).shape == x.shape
+    gw, gb = bwd_w(g, x, w, *args)
+    assert gw.shape == w.shape and gb.shape == (6, )
+    assert gw.device.type == 'meta'
 
 
 # ------------------------------------------------- layouts, edge cases
@@ -408,8 +420,10 @@ def test_zero_batch(fn):
     assert torch.equal(b.grad, torch.zeros_like(b))
 
 
-@pytest.mark.parametrize('needs', ['input', 'weight', 'bias'])
-def test_partial_requires_grad(needs):
+@pytest.mark.parametrize('needs,with_bias', [
+    ('input', True), ('weight', True), ('bias', True), ('input', False),
+    ('weight', False)])
+def test_partial_requires_grad(needs, with_bias):
     gen = torch.Generator().manual_seed(19)
     x = torch.randn(2, 4, 7, 7, generator=gen, dtype=torch.float64)
     w = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64)
@@ -417,13 +431,26 @@ def test_partial_requires_grad(needs):
     g = torch.randn(2, 6, 4, 4, generator=gen, dtype=torch.float64)
     want = oracle(x, w, b, g, stride=2, padding=1, groups=2)
     t = dict(input=x, weight=w, bias=b)[needs].requires_grad_()
-    adder2d(x, w, b, stride=2, padding=1, groups=2).backward(g)
+    adder2d(x, w, b if with_bias else None, stride=2, padding=1,
+            groups=2).backward(g)
     torch.testing.assert_close(
         t.grad, want[('input', 'weight', 'bias').index(needs) + 1],
         rtol=1e-12, atol=1e-11)
     others = [v for k, v in dict(input=x, weight=w, bias=b).items()
               if k != needs]
     assert all(v.grad is None for v in others)
+
+
+@needs_ext
+def test_double_backward_raises():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = adder2d(x, w, padding=1)
+    with pytest.raises(RuntimeError, match='double backward'):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    # without create_graph the same gradient works
+    gx, = torch.autograd.grad(adder2d(x, w, padding=1).sum(), x)
+    assert gx.shape == x.shape
 
 
 def test_deterministic():
@@ -556,19 +583,26 @@ def test_reference_chunking(monkeypatch, chunk):
 @needs_ext
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_custom_ops_pass_opcheck(dtype):
-    """The compiled kernels are torch.library custom ops whose fake kernels
-    agree with the real ones (schema, fake tensors, AOT dispatch)."""
-    from adder_mm.ops.adder2d import _forward_op, _grad_input_op
+    """The compiled kernels are dispatcher ops (torch.ops.adder_mm.*) whose
+    fake kernels agree with the real ones (schema, fake tensors, AOT
+    dispatch); adder2d, the one with autograd, passes the autograd checks."""
+    from adder_mm.ops.adder2d import _ops_for
     gen = torch.Generator().manual_seed(21)
     x = torch.randn(2, 4, 7, 6, generator=gen, dtype=dtype)
     w = torch.randn(6, 2, 3, 2, generator=gen, dtype=dtype)
     b = torch.randn(6, generator=gen, dtype=dtype)
+    layer, fwd, bwd_in, bwd_w = _ops_for(x)
     args = ([2, 1], [1, 0], [1, 2], 2)
     for bias in (b, None):
-        torch.library.opcheck(_forward_op, (x, w, bias, *args))
-    y = _forward_op(x, w, None, *args)
+        torch.library.opcheck(fwd, (x, w, bias, *args))
+        # with inputs that need gradients: its autograd is registered
+        torch.library.opcheck(layer, (x.clone().requires_grad_(),
+                                      w.clone().requires_grad_(), bias,
+                                      *args))
+    y = fwd(x, w, None, *args)
     g = torch.randn(y.shape, generator=gen, dtype=dtype)
-    torch.library.opcheck(_grad_input_op, (g, x, w, *args))
+    torch.library.opcheck(bwd_in, (g, x, w, *args))
+    torch.library.opcheck(bwd_w, (g, x, w, *args))
 
 
 @needs_ext

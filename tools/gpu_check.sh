@@ -110,14 +110,39 @@ fi
 LEFT=$((290 - ($(date +%s) - START)))
 if [ $LEFT -lt 30 ]; then LEFT=30; fi
 if [ -f tools/analysis_tools/benchmark_adder.py ]; then
+  # The unfold form holds several [Cout, K, N*L] temporaries: let one be at
+  # most 1/8 of the free GPU memory (ResNet-50's largest is 13.8 GiB).
+  UNFOLD_MIB=$($PY -c 'import torch; print(torch.cuda.mem_get_info()[0] // 8 // 2**20)' 2>/dev/null || echo 1024)
   step benchmark "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
-    --device cuda --suite all --model-step \
+    --device cuda --suite all --model-step --unfold-max-mib "$UNFOLD_MIB" \
     --out "$OUT/benchmark.json" --markdown "$OUT/benchmark.md"
 else
   echo "FAIL  benchmark: tools/analysis_tools/benchmark_adder.py missing" |
     tee -a "$SUMMARY"
   FAILED=1
 fi
+
+# ---- where a layer's time goes: GPU kernels vs host (torch.profiler) ---------
+step profile 60 "$PY" - <<'PYEOF'
+import torch
+from torch.profiler import ProfilerActivity, profile
+from adder_mm.ops import adder2d
+torch.backends.cudnn.allow_tf32 = False
+for n, c, hw, o, k, s in ((64, 16, 32, 16, 3, 1), (32, 256, 14, 256, 3, 1)):
+    x = torch.randn(n, c, hw, hw, device='cuda', requires_grad=True)
+    w = torch.randn(o, c, k, k, device='cuda', requires_grad=True)
+    g = torch.randn(n, o, hw // s, hw // s, device='cuda')
+    for _ in range(3):
+        adder2d(x, w, None, s, k // 2).backward(g)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        for _ in range(10):
+            adder2d(x, w, None, s, k // 2).backward(g)
+        torch.cuda.synchronize()
+    print(f'== adder2d f+b x10: N{n} C{c} {hw}x{hw} O{o} k{k} s{s}')
+    print(p.key_averages().table(sort_by='self_device_time_total',
+                                 row_limit=12, max_name_column_width=60))
+PYEOF
 
 # float16 on ResNet-50 (tensor-core-free kernels vs cuDNN's half conv): only
 # with time to spare, informative rather than a target.

@@ -23,14 +23,18 @@ _warned_dtypes = set()
 
 
 _ext_cuda = None  # cached ext.with_cuda(): torch.compile cannot trace it
+_ops = None  # OpOverloads, see _register_fake_kernels
 
 
-def _ext_for(x):
-    """The extension module if it has a kernel for x's device and dtype."""
-    global _ext_cuda
+def _ops_for(x):
+    """The compiled ops if the extension has a kernel for x's device and
+    dtype, else None (the caller uses the reference)."""
+    global _ext_cuda, _ops
     ext = load_ext()
     if ext is None:
         return None
+    if _ops is None:
+        _ops = _register_fake_kernels()
     dev = x.device.type
     if dev == 'cuda':
         if _ext_cuda is None:
@@ -45,70 +49,65 @@ def _ext_for(x):
                 f'adder2d: no compiled {dev} kernel for {x.dtype}; using the '
                 'pure-PyTorch reference (slow)', RuntimeWarning, stacklevel=3)
         return None
-    return ext
+    return _ops
+
+
+def _register_fake_kernels():
+    """Shape-only kernels of the extension's ops (torch.ops.adder_mm.*, which
+    loading adder_mm._ext defines), so torch.compile and torch.export trace
+    through adder2d without a graph break. Returns the OpOverloads
+    (adder2d with autograd, forward, backward_input, backward_weight)."""
+    ops = torch.ops.adder_mm
+
+    def forward_fake(x, w, b, stride, padding, dilation, groups):
+        oh, ow = (reference.out_size(x.shape[2 + i], w.shape[2 + i],
+                                     stride[i % len(stride)],
+                                     padding[i % len(padding)],
+                                     dilation[i % len(dilation)])
+                  for i in range(2))
+        return x.new_empty((x.shape[0], w.shape[0], oh, ow))
+
+    torch.library.register_fake('adder_mm::adder2d', forward_fake)
+    torch.library.register_fake('adder_mm::adder2d_forward', forward_fake)
+
+    @torch.library.register_fake('adder_mm::adder2d_backward_input')
+    def _(g, x, w, stride, padding, dilation, groups):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake('adder_mm::adder2d_backward_weight')
+    def _(g, x, w, stride, padding, dilation, groups):
+        return (torch.empty_like(w, memory_format=torch.contiguous_format),
+                g.new_empty((w.shape[0], )))
+
+    return (ops.adder2d.default, ops.adder2d_forward.default,
+            ops.adder2d_backward_input.default,
+            ops.adder2d_backward_weight.default)
 
 
 def _grad_weight(grad_out, x, w, stride, padding, dilation, groups):
-    """gW = conv2d weight-gradient(X, G) - W * sum_{n,h,w} G (exact).
-
-    The vendor weight gradient (oneDNN / cuDNN) computes sum_p X_col * G
-    with zero padding included, which is the first half of sum (X - W) G.
-    """
+    """gW = conv2d weight-gradient(X, G) - W * sum_{n,h,w} G, exact: the
+    vendor weight gradient counts zero padding as the adder does. Used
+    without compiled kernels (the compiled op computes the same)."""
     _, gw, _ = torch.ops.aten.convolution_backward(
         grad_out, x, w, None, list(stride), list(padding), list(dilation),
         False, [0, 0], groups, [False, True, False])
-    # Half-precision sums accumulate in float32, as the kernels do.
     acc = torch.float64 if w.dtype == torch.float64 else torch.float32
     gsum = grad_out.sum(dim=(0, 2, 3), dtype=acc)
     return (gw.to(acc) - w.to(acc) * gsum.view(-1, 1, 1, 1)).to(w.dtype)
 
 
-# The compiled kernels as torch.library custom ops with fake (meta) kernels,
-# so torch.compile and torch.export trace through adder2d without a graph
-# break; eager calls cost one extra Python dispatch (microseconds).
-@torch.library.custom_op('adder_mm::adder2d_forward', mutates_args=())
-def _forward_op(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
-                stride: List[int], padding: List[int], dilation: List[int],
-                groups: int) -> torch.Tensor:
-    return load_ext().adder2d_forward(x, w, b, stride, padding, dilation,
-                                      groups)
-
-
-@_forward_op.register_fake
-def _(x, w, b, stride, padding, dilation, groups):
-    oh, ow = (reference.out_size(x.shape[2 + i], w.shape[2 + i], stride[i],
-                                 padding[i], dilation[i]) for i in range(2))
-    return x.new_empty((x.shape[0], w.shape[0], oh, ow))
-
-
-@torch.library.custom_op('adder_mm::adder2d_backward_input', mutates_args=())
-def _grad_input_op(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
-                   stride: List[int], padding: List[int], dilation: List[int],
-                   groups: int) -> torch.Tensor:
-    return load_ext().adder2d_backward_input(g, x, w, stride, padding,
-                                             dilation, groups)
-
-
-@_grad_input_op.register_fake
-def _(g, x, w, stride, padding, dilation, groups):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 class Adder2dFunction(torch.autograd.Function):
-    """One autograd Function over the compiled kernels (or the reference)."""
+    """adder2d's autograd in Python over the pure-PyTorch formulas: the path
+    for devices and dtypes without a compiled kernel. (With one, adder2d
+    calls torch.ops.adder_mm.adder2d, whose autograd is in C++.)"""
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         x = x.contiguous()
         w = w.contiguous()
-        ext = _ext_for(x)
-        if ext is not None:
-            out = _forward_op(x, w, b, list(stride), list(padding),
-                              list(dilation), groups)
-        else:
-            out = reference.forward(x, w, stride, padding, dilation, groups)
-            if b is not None:
-                out = out + b.view(1, -1, 1, 1)
+        out = reference.forward(x, w, stride, padding, dilation, groups)
+        if b is not None:
+            out = out + b.view(1, -1, 1, 1)
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
         ctx.has_bias = b is not None
@@ -121,13 +120,8 @@ class Adder2dFunction(torch.autograd.Function):
         g = g.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            ext = _ext_for(x)
-            if ext is not None:
-                gx = _grad_input_op(g, x, w, list(stride), list(padding),
-                                    list(dilation), groups)
-            else:
-                gx = reference.grad_input(g, x, w, stride, padding, dilation,
-                                          groups)
+            gx = reference.grad_input(g, x, w, stride, padding, dilation,
+                                      groups)
         if ctx.needs_input_grad[1]:
             gw = _grad_weight(g, x, w, stride, padding, dilation, groups)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -227,13 +221,14 @@ def adder2d(input, weight, bias=None, stride=1, padding=0, dilation=1,
                                             padding, dilation, groups)
     channels_last = (input.dim() == 4 and not input.is_contiguous()
                      and input.is_contiguous(memory_format=torch.channels_last))
+    ops = _ops_for(input)
+    layer = Adder2dFunction.apply if ops is None else ops[0]
     if autocast:
         with torch.autocast(input.device.type, enabled=False):
-            out = Adder2dFunction.apply(input, weight, bias, stride, padding,
-                                        dilation, groups)
+            out = layer(input, weight, bias, stride, padding, dilation,
+                        groups)
     else:
-        out = Adder2dFunction.apply(input, weight, bias, stride, padding,
-                                    dilation, groups)
+        out = layer(input, weight, bias, stride, padding, dilation, groups)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out

@@ -3,23 +3,22 @@
 // adder_mm._ext from reaching a kernel with bad shapes.
 #include "adder2d.h"
 
-#include <vector>
+#include <array>
+#include <tuple>
 
 namespace adder_mm {
 
 namespace {
 
-std::vector<int64_t> expand_pair(const std::vector<int64_t>& v,
-                                 const char* name) {
+std::array<int64_t, 2> expand_pair(at::IntArrayRef v, const char* name) {
   TORCH_CHECK(v.size() == 1 || v.size() == 2, "adder2d: ", name,
               " must have 1 or 2 elements, got ", v.size());
-  return v.size() == 1 ? std::vector<int64_t>{v[0], v[0]} : v;
+  return {v[0], v[v.size() - 1]};
 }
 
 Adder2dParams make_params(const at::Tensor& input, const at::Tensor& weight,
-                          const std::vector<int64_t>& stride_,
-                          const std::vector<int64_t>& padding_,
-                          const std::vector<int64_t>& dilation_,
+                          at::IntArrayRef stride_, at::IntArrayRef padding_,
+                          at::IntArrayRef dilation_,
                           int64_t groups) {
   TORCH_CHECK(input.defined() && weight.defined(),
               "adder2d: input and weight must be defined");
@@ -82,6 +81,18 @@ Adder2dParams make_params(const at::Tensor& input, const at::Tensor& weight,
   return p;
 }
 
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& input,
+                    const Adder2dParams& p) {
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.N &&
+                  grad_out.size(1) == p.O && grad_out.size(2) == p.OH &&
+                  grad_out.size(3) == p.OW,
+              "adder2d: grad_output must have shape [", p.N, ", ", p.O, ", ",
+              p.OH, ", ", p.OW, "], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() &&
+                  grad_out.device() == input.device(),
+              "adder2d: grad_output must match the input's dtype and device");
+}
+
 bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
 
 #ifndef ADDER_MM_WITH_CUDA
@@ -96,9 +107,8 @@ bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
 
 at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias,
-                           std::vector<int64_t> stride,
-                           std::vector<int64_t> padding,
-                           std::vector<int64_t> dilation, int64_t groups) {
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups) {
   const Adder2dParams p =
       make_params(input, weight, stride, padding, dilation, groups);
   auto x = input.contiguous();
@@ -130,20 +140,12 @@ at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
 at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
                                   const at::Tensor& input,
                                   const at::Tensor& weight,
-                                  std::vector<int64_t> stride,
-                                  std::vector<int64_t> padding,
-                                  std::vector<int64_t> dilation,
-                                  int64_t groups) {
+                                  at::IntArrayRef stride,
+                                  at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
   const Adder2dParams p =
       make_params(input, weight, stride, padding, dilation, groups);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p.N &&
-                  grad_out.size(1) == p.O && grad_out.size(2) == p.OH &&
-                  grad_out.size(3) == p.OW,
-              "adder2d: grad_output must have shape [", p.N, ", ", p.O, ", ",
-              p.OH, ", ", p.OW, "], got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() &&
-                  grad_out.device() == input.device(),
-              "adder2d: grad_output must match the input's dtype and device");
+  check_grad_out(grad_out, input, p);
   auto g = grad_out.contiguous();
   auto x = input.contiguous();
   auto w = weight.contiguous();
@@ -160,6 +162,36 @@ at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
     adder2d_backward_input_cpu(g, x, w, grad_in, p);
   }
   return grad_in;
+}
+
+std::tuple<at::Tensor, at::Tensor> adder2d_backward_weight(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups) {
+  const Adder2dParams p =
+      make_params(input, weight, stride, padding, dilation, groups);
+  check_grad_out(grad_out, input, p);
+  // gW = sum_p (X_col - W) G = conv weight-gradient(X, G) - W * sum_p G: the
+  // vendor's (oneDNN / cuDNN) weight gradient counts zero padding exactly as
+  // the adder does. Half-precision sums accumulate in float32, as the
+  // kernels do; one in-place addcmul saves a temporary and a launch.
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble
+                                                      : at::kFloat;
+  const auto g = grad_out.contiguous();
+  const auto w = weight.contiguous();
+  at::Tensor gsum = g.sum({0, 2, 3}, /*keepdim=*/false, acc);
+  at::Tensor gw = std::get<1>(at::convolution_backward(
+      g, input.contiguous(), w, c10::nullopt, {p.stride_h, p.stride_w},
+      {p.pad_h, p.pad_w}, {p.dil_h, p.dil_w}, /*transposed=*/false, {0, 0},
+      groups, {false, true, false}));
+  const auto gsum4 = gsum.view({p.O, 1, 1, 1});
+  if (gw.scalar_type() == acc) {
+    gw.addcmul_(w, gsum4, /*value=*/-1);
+  } else {
+    gw = gw.to(acc).addcmul_(w.to(acc), gsum4, /*value=*/-1).to(w.scalar_type());
+  }
+  // grad_bias: the same sum, in the gradient's dtype.
+  return {gw, gsum.to(grad_out.scalar_type())};
 }
 
 }  // namespace adder_mm

@@ -1,22 +1,28 @@
-// Python bindings of adder_mm._ext. Kept thin: everything callable here is
-// declared in adder2d.cpp.
+// Bindings of adder_mm._ext. The kernels are dispatcher operators
+// (torch.ops.adder_mm.*): one C++ call from Python, no pybind argument
+// conversion, and torch.compile sees them as ops (their fake kernels are in
+// adder_mm/ops/adder2d.py; the Autograd kernel of adder2d is in
+// adder2d_autograd.cpp). pybind11 keeps only the build queries.
 #include <torch/extension.h>
+#include <torch/library.h>
 
-#include <vector>
+#include <tuple>
 
 namespace adder_mm {
 at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias,
-                           std::vector<int64_t> stride,
-                           std::vector<int64_t> padding,
-                           std::vector<int64_t> dilation, int64_t groups);
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups);
 at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
                                   const at::Tensor& input,
                                   const at::Tensor& weight,
-                                  std::vector<int64_t> stride,
-                                  std::vector<int64_t> padding,
-                                  std::vector<int64_t> dilation,
-                                  int64_t groups);
+                                  at::IntArrayRef stride,
+                                  at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups);
+std::tuple<at::Tensor, at::Tensor> adder2d_backward_weight(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups);
 int64_t cpu_parallel_threads();
 }  // namespace adder_mm
 
@@ -30,18 +36,44 @@ bool with_cuda() {
 }
 }  // namespace
 
+TORCH_LIBRARY(adder_mm, m) {
+  // The layer with autograd (its Autograd kernel: adder2d_autograd.cpp).
+  m.def(
+      "adder2d(Tensor input, Tensor weight, Tensor? bias, int[] stride, "
+      "int[] padding, int[] dilation, int groups) -> Tensor");
+  // Its forward and the two halves of its backward, without autograd.
+  m.def(
+      "adder2d_forward(Tensor input, Tensor weight, Tensor? bias, "
+      "int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
+  m.def(
+      "adder2d_backward_input(Tensor grad_output, Tensor input, "
+      "Tensor weight, int[] stride, int[] padding, int[] dilation, "
+      "int groups) -> Tensor");
+  // (grad_weight, grad_bias): both come from the same sum of grad_output.
+  m.def(
+      "adder2d_backward_weight(Tensor grad_output, Tensor input, "
+      "Tensor weight, int[] stride, int[] padding, int[] dilation, "
+      "int groups) -> (Tensor, Tensor)");
+}
+
+// One implementation per op for both keys: it dispatches on the device
+// itself and, in a build without CUDA, says how to get the CUDA kernels.
+TORCH_LIBRARY_IMPL(adder_mm, CPU, m) {
+  m.impl("adder2d", &adder_mm::adder2d_forward);
+  m.impl("adder2d_forward", &adder_mm::adder2d_forward);
+  m.impl("adder2d_backward_input", &adder_mm::adder2d_backward_input);
+  m.impl("adder2d_backward_weight", &adder_mm::adder2d_backward_weight);
+}
+
+TORCH_LIBRARY_IMPL(adder_mm, CUDA, m) {
+  m.impl("adder2d", &adder_mm::adder2d_forward);
+  m.impl("adder2d_forward", &adder_mm::adder2d_forward);
+  m.impl("adder2d_backward_input", &adder_mm::adder2d_backward_input);
+  m.impl("adder2d_backward_weight", &adder_mm::adder2d_backward_weight);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "adder_mm compiled ops: adder2d forward and input gradient";
-  m.def("adder2d_forward", &adder_mm::adder2d_forward,
-        "adder2d forward: -L1 distance of each filter to each input patch",
-        py::arg("input"), py::arg("weight"), py::arg("bias"),
-        py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-        py::arg("groups"));
-  m.def("adder2d_backward_input", &adder_mm::adder2d_backward_input,
-        "adder2d input gradient (HardTanh of W - X, folded onto pixels)",
-        py::arg("grad_output"), py::arg("input"), py::arg("weight"),
-        py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-        py::arg("groups"));
+  m.doc() = "adder_mm compiled ops (torch.ops.adder_mm.*) and build queries";
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels are compiled in");
   m.def("cpu_threads", &adder_mm::cpu_parallel_threads,
         "threads the CPU kernels' parallel loops use now");
