@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from adder_mm.models import AdderConv2d
-from adder_mm.utils.op_counter import (ADDER_JIT_OP, ENERGY_45NM_PJ,
+from adder_mm.utils.op_counter import (ADDER_JIT_OPS, ENERGY_45NM_PJ,
                                        adder_flop_jit, count_ops,
                                        load_energy_table)
 
@@ -103,7 +103,8 @@ def test_groups_dilation_stride_match_formula_and_mmengine(layer):
                                     abs_ops=0)
     # MMEngine's tracer is an independent oracle for the term count.
     fa = FlopAnalyzer(model, (x, ))
-    fa.set_op_handle(ADDER_JIT_OP, adder_flop_jit)
+    for name in ADDER_JIT_OPS:
+        fa.set_op_handle(name, adder_flop_jit)
     fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     assert fa.total() == terms
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared check of the CUDA kernels on a lent GPU machine, from the repo
 # root, in under 5 minutes: versions, an in-place build with CUDA for the local
-# arch only, the CUDA tests, the CUDA benchmark. Everything is teed into $OUT
+# arch only, the CUDA tests, the CUDA benchmark; then, while time is left, a
+# profile, a float16 table and a sweep of the tile shapes. Everything is teed into $OUT
 # (gpu_check.log, tests.log, benchmark.json, benchmark.md, benchmark_fp16.md,
 # build_warnings.txt, summary.txt).
 # Needs python + torch with CUDA + nvcc; no OpenMMLab, pip or network.
@@ -128,6 +129,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from adder_mm.ops import adder2d
 torch.backends.cudnn.allow_tf32 = False
+torch.backends.cudnn.benchmark = True  # as the benchmark: cuDNN at its best
 for n, c, hw, o, k, s in ((64, 16, 32, 16, 3, 1), (32, 256, 14, 256, 3, 1)):
     x = torch.randn(n, c, hw, hw, device='cuda', requires_grad=True)
     w = torch.randn(o, c, k, k, device='cuda', requires_grad=True)
@@ -154,6 +156,19 @@ if [ $LEFT -ge 45 ] && [ -f tools/analysis_tools/benchmark_adder.py ]; then
 else
   echo "SKIP  benchmark_fp16 (${LEFT}s left)" | tee -a "$SUMMARY"
 fi
+
+# Each forced tile shape on every layer (informs the automatic choice in
+# csrc/pytorch/cuda/adder2d_cuda_launch.cuh), only with time to spare.
+for TILE in 0 1 2 3; do
+  LEFT=$((290 - ($(date +%s) - START)))
+  if [ $LEFT -lt 25 ]; then
+    echo "SKIP  tile_$TILE (${LEFT}s left)" | tee -a "$SUMMARY"
+    continue
+  fi
+  step "tile_$TILE" "$LEFT" env ADDER_MM_CUDA_TILE=$TILE "$PY" \
+    tools/analysis_tools/benchmark_adder.py --device cuda --suite all \
+    --no-unfold --repeat 3
+done
 
 echo
 echo "===== summary ($(($(date +%s) - START))s)"

@@ -308,7 +308,7 @@ def count_ops(model, *inputs, forward=None, **kwargs):
 
 
 def adder_flop_jit(inputs, outputs):
-    """MMEngine/fvcore flop handle for ``prim::PythonOp.Adder2dFunction``.
+    """MMEngine/fvcore flop handle for the traced adder op (ADDER_JIT_OPS).
 
     Counts one "flop" per adder term (one subtraction + one accumulation),
     the unit MMEngine uses for a multiply-accumulate, so an AdderNet and its
@@ -323,15 +323,18 @@ def adder_flop_jit(inputs, outputs):
     return math.prod(out_shape) * math.prod(w_shape[1:])
 
 
-ADDER_JIT_OP = 'prim::PythonOp.Adder2dFunction'
+# How torch.jit.trace records an adder layer: the compiled op, or the
+# Python autograd Function of the fallback (no compiled kernel).
+ADDER_JIT_OP = 'adder_mm::adder2d'
+ADDER_JIT_OPS = (ADDER_JIT_OP, 'prim::PythonOp.Adder2dFunction')
 
 
 def register_mmengine_flop_handle():
     """Teach MMEngine's complexity analysis the adder op (FLOPs and
     activations).
 
-    A ``FlopAnalyzer`` accepts ``set_op_handle(ADDER_JIT_OP,
-    adder_flop_jit)``; but ``get_model_complexity_info`` (and mmpretrain's
+    A ``FlopAnalyzer`` accepts ``set_op_handle(name, adder_flop_jit)`` for
+    each name in ADDER_JIT_OPS; but ``get_model_complexity_info`` (and mmpretrain's
     ``tools/analysis_tools/get_flops.py``) build their own analyzers from
     MMEngine's module-level default tables, so this adds the handles there
     (private dicts of mmengine 0.10; idempotent). Without it, adder layers
@@ -345,6 +348,8 @@ def register_mmengine_flop_handle():
     if not isinstance(flops, dict) or not isinstance(acts, dict):
         raise RuntimeError('this MMEngine version has no default op-handle '
                            'tables; use FlopAnalyzer.set_op_handle('
-                           'ADDER_JIT_OP, adder_flop_jit) instead')
-    flops[ADDER_JIT_OP] = adder_flop_jit
-    acts[ADDER_JIT_OP] = generic_activation_jit('adder')
+                           'name, adder_flop_jit) for each name in '
+                           'ADDER_JIT_OPS instead')
+    for name in ADDER_JIT_OPS:
+        flops[name] = adder_flop_jit
+        acts[name] = generic_activation_jit('adder')
