@@ -443,6 +443,11 @@ def _fmt(v, nd=2):
     return f'{v:.{nd}f}'
 
 
+def _ms(v):
+    """Milliseconds: GPU layers run in tens of microseconds."""
+    return _fmt(v, 3 if v is not None and v < 10 else 1)
+
+
 def markdown_table(results):
     head = ('| suite | layer | N,C,HxW -> O, k/s | conv fwd ms | adder fwd ms '
             '| adder/conv fwd | conv f+b ms | adder f+b ms | adder/conv f+b '
@@ -452,9 +457,9 @@ def markdown_table(results):
         shape = (f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
                  f"{r['k']}/{r['stride']}")
         lines.append(
-            f"| {r['suite']} | {r['name']} | {shape} | {_fmt(r['conv_fwd_ms'], 1)} "
-            f"| {_fmt(r['adder_fwd_ms'], 1)} | {_fmt(r['adder_over_conv_fwd'])} "
-            f"| {_fmt(r['conv_fwdbwd_ms'], 1)} | {_fmt(r['adder_fwdbwd_ms'], 1)} "
+            f"| {r['suite']} | {r['name']} | {shape} | {_ms(r['conv_fwd_ms'])} "
+            f"| {_ms(r['adder_fwd_ms'])} | {_fmt(r['adder_over_conv_fwd'])} "
+            f"| {_ms(r['conv_fwdbwd_ms'])} | {_ms(r['adder_fwdbwd_ms'])} "
             f"| {_fmt(r['adder_over_conv_fwdbwd'])} "
             f"| {_fmt(r['adder_over_conv_peak'])} "
             f"| {_fmt(r['unfold_over_adder_fwd'], 0)} "
