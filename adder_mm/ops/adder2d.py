@@ -22,25 +22,30 @@ _EXT_DTYPES = {
 _warned_dtypes = set()
 
 
-_ext_cuda = None  # cached ext.with_cuda(): torch.compile cannot trace it
+_ext_cuda = False  # cached ext.with_cuda(): torch.compile cannot trace it
 _ops = None  # OpOverloads, see _register_fake_kernels
+
+
+def _load_ops():
+    """Load the extension once; register the fake kernels and cache
+    with_cuda() with it. Runs at import, so that a first adder2d call inside
+    torch.compile traces only reads of these globals."""
+    global _ext_cuda, _ops
+    ext = load_ext()
+    if ext is not None and _ops is None:
+        _ops = _register_fake_kernels()
+        _ext_cuda = bool(ext.with_cuda())
+    return ext
 
 
 def _ops_for(x):
     """The compiled ops if the extension has a kernel for x's device and
     dtype, else None (the caller uses the reference)."""
-    global _ext_cuda, _ops
-    ext = load_ext()
-    if ext is None:
+    if _load_ops() is None:
         return None
-    if _ops is None:
-        _ops = _register_fake_kernels()
     dev = x.device.type
-    if dev == 'cuda':
-        if _ext_cuda is None:
-            _ext_cuda = bool(ext.with_cuda())
-        if not _ext_cuda:
-            return None
+    if dev == 'cuda' and not _ext_cuda:
+        return None
     if x.dtype not in _EXT_DTYPES.get(dev, ()):
         key = (dev, x.dtype)
         if key not in _warned_dtypes:
@@ -248,3 +253,6 @@ def adder2d_reference(input, weight, bias=None, stride=1, padding=0,
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
+
+
+_load_ops()
