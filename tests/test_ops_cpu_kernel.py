@@ -8,7 +8,6 @@ groups. Also bit-identical results run to run and across thread counts, and
 the portable (non-AVX2) build. Runtime about 10 s on 2 cores.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -108,7 +107,7 @@ def test_kernels_run_on_torch_threads():
         torch.set_num_threads(before)
 
 
-def test_portable_build_matches():
+def test_portable_build_matches(run_python):
     """ADDER_MM_CPU_GENERIC=1 selects the portable (SSE2) kernels."""
     code = (
         'import torch\n'
@@ -129,11 +128,7 @@ def test_portable_build_matches():
         '    assert (y.double() - ref).abs().max() <= tol * ref.abs().max()\n'
         '    assert (gx.double() - gref).abs().max() <= tol * gref.abs().max()\n'
         'print("ok")\n')
-    env = dict(os.environ, ADDER_MM_CPU_GENERIC='1')
-    out = subprocess.run([sys.executable, '-c', code], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith('ok')
+    run_python(code, env=dict(ADDER_MM_CPU_GENERIC='1'), timeout=120)
 
 
 def _load_benchmark():
