@@ -7,7 +7,6 @@ the full-precision filter gradient (X - W) and the HardTanh input gradient
 clamp(W - X, -1, 1); no adaptive scaling here (that is the optimizer's job).
 """
 import warnings
-from typing import List, Optional
 
 import torch
 
