@@ -47,6 +47,9 @@ step() {
   return $rc
 }
 
+# Seconds left of the script's 290-second budget (the optional steps use it).
+seconds_left() { echo $((290 - ($(date +%s) - START))); }
+
 echo "gpu_check: $(date -u) in $PWD, results in $OUT"
 echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --short 2>/dev/null | wc -l) changed file(s)"
 
@@ -100,7 +103,7 @@ assert info['cuda'], 'adder_mm._ext has no CUDA kernels'
 
 # ---- CUDA tests (pytest when importable, else the file's plain runner) --------
 if $PY -c 'import pytest' 2>/dev/null; then
-  # --noconftest: tests/conftest.py may import OpenMMLab, absent here.
+  # --noconftest: this file needs no shared fixture; torch alone suffices.
   step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
     --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
 else
@@ -108,7 +111,7 @@ else
 fi
 
 # ---- benchmark (runs even when a test failed) ----------------------------------
-LEFT=$((290 - ($(date +%s) - START)))
+LEFT=$(seconds_left)
 if [ $LEFT -lt 30 ]; then LEFT=30; fi
 if [ -f tools/analysis_tools/benchmark_adder.py ]; then
   # The unfold form holds several [Cout, K, N*L] temporaries: let one be at
@@ -148,7 +151,7 @@ PYEOF
 
 # float16 on ResNet-50 (tensor-core-free kernels vs cuDNN's half conv): only
 # with time to spare, informative rather than a target.
-LEFT=$((290 - ($(date +%s) - START)))
+LEFT=$(seconds_left)
 if [ $LEFT -ge 45 ] && [ -f tools/analysis_tools/benchmark_adder.py ]; then
   step benchmark_fp16 "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
     --device cuda --dtype float16 --suite resnet50 --no-unfold \
@@ -160,7 +163,7 @@ fi
 # Each forced tile shape on every layer (informs the automatic choice in
 # csrc/pytorch/cuda/adder2d_cuda_launch.cuh), only with time to spare.
 for TILE in 0 1 2 3; do
-  LEFT=$((290 - ($(date +%s) - START)))
+  LEFT=$(seconds_left)
   if [ $LEFT -lt 25 ]; then
     echo "SKIP  tile_$TILE (${LEFT}s left)" | tee -a "$SUMMARY"
     continue
