@@ -27,3 +27,25 @@ def run_python():
         return out.stdout
 
     return run
+
+
+CPU_ISAS = ('generic', 'avx2', 'avx512')
+
+
+@pytest.fixture(params=CPU_ISAS)
+def cpu_isa(request):
+    """Run the test with the CPU kernels capped at each instruction-set
+    level (adder_mm.ops.set_cpu_isa); levels above this CPU's are skipped
+    with the reason, the portable level always runs."""
+    from adder_mm.ops import ext_info, machine_cpu_isa, set_cpu_isa
+    if not ext_info()['cpu']:
+        pytest.skip('adder_mm._ext is not built: ' + str(ext_info()['error']))
+    best = machine_cpu_isa()
+    if CPU_ISAS.index(request.param) > CPU_ISAS.index(best):
+        pytest.skip(f'this CPU has no {request.param} (best level: {best})')
+    before = set_cpu_isa(request.param)
+    try:
+        assert ext_info()['cpu_isa'] == request.param
+        yield request.param
+    finally:
+        set_cpu_isa(before)

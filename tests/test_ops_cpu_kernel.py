@@ -5,7 +5,7 @@ rows and images' ends, output channels not a multiple of the tile height,
 im2col rows not a multiple of the grad tile, several chunks per image,
 channel-blocked grad_X (batch 1), strided/dilated/padded/non-square taps and
 groups. Also bit-identical results run to run and across thread counts, and
-the portable (non-AVX2) build. Runtime about 10 s on 2 cores.
+every instruction-set level this CPU has (the portable one always).
 """
 import os
 import sys
@@ -56,7 +56,7 @@ def _run(case, dtype, offset=0.0):
 
 @pytest.mark.parametrize('case', CASES)
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_matches_reference(case, dtype):
+def test_matches_reference(case, dtype, cpu_isa):
     y, ref, gx, gx_ref = _run(case, dtype)
     assert y.dtype == dtype and gx.dtype == dtype
     assert torch.isfinite(y).all() and torch.isfinite(gx).all()
@@ -107,28 +107,40 @@ def test_kernels_run_on_torch_threads():
         torch.set_num_threads(before)
 
 
-def test_portable_build_matches(run_python):
-    """ADDER_MM_CPU_GENERIC=1 selects the portable (SSE2) kernels."""
-    code = (
+def test_isa_from_environment(run_python):
+    """ADDER_MM_CPU_ISA caps the level from the start of the process; a
+    value that is not a level is an error naming the variable."""
+    run_python(
+        'from adder_mm.ops import ext_info\n'
+        'assert ext_info()["cpu_isa"] == "generic", ext_info()\n'
+        'print("ok")\n',
+        env=dict(ADDER_MM_CPU_ISA='generic'), timeout=120)
+    run_python(
         'import torch\n'
-        'import adder_mm._ext  # defines torch.ops.adder_mm\n'
-        'from adder_mm.ops import adder2d_reference\n'
-        'g = torch.Generator().manual_seed(0)\n'
-        'x = torch.randn(2, 6, 9, 11, generator=g, dtype=torch.float64)\n'
-        'w = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64)\n'
-        'a = ([2, 1], [1, 0], [1, 2], 2)\n'
-        'x64 = x.clone().requires_grad_()\n'
-        'ref = adder2d_reference(x64, w, None, *a)\n'
-        'gout = torch.randn(ref.shape, generator=g, dtype=torch.float64)\n'
-        'gref, = torch.autograd.grad(ref, x64, gout)\n'
-        'for dt, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):\n'
-        '    y = torch.ops.adder_mm.adder2d_forward(x.to(dt), w.to(dt), None, *a)\n'
-        '    gx = torch.ops.adder_mm.adder2d_backward_input(\n'
-        '        gout.to(dt), x.to(dt), w.to(dt), *a)\n'
-        '    assert (y.double() - ref).abs().max() <= tol * ref.abs().max()\n'
-        '    assert (gx.double() - gref).abs().max() <= tol * gref.abs().max()\n'
-        'print("ok")\n')
-    run_python(code, env=dict(ADDER_MM_CPU_GENERIC='1'), timeout=120)
+        'import adder_mm.ops\n'
+        'try:\n'
+        '    adder_mm.ops.adder2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))\n'
+        'except RuntimeError as e:\n'
+        '    assert "ADDER_MM_CPU_ISA=sse9" in str(e), e\n'
+        '    assert "generic, avx2 or avx512" in str(e), e\n'
+        '    print("ok")\n',
+        env=dict(ADDER_MM_CPU_ISA='sse9'), timeout=120)
+
+
+def test_set_cpu_isa_levels():
+    from adder_mm.ops import machine_cpu_isa, set_cpu_isa
+    best = machine_cpu_isa()
+    assert best in ('generic', 'avx2', 'avx512')
+    before = set_cpu_isa('generic')
+    try:
+        assert ext_info()['cpu_isa'] == 'generic'
+        # Above the machine's level: clamped to it.
+        assert set_cpu_isa('avx512') == 'generic'
+        assert ext_info()['cpu_isa'] == best
+        with pytest.raises(ValueError, match='unknown level'):
+            set_cpu_isa('avx1024')
+    finally:
+        set_cpu_isa(before)
 
 
 def _load_benchmark():

@@ -6,7 +6,10 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
+
+#include "cpu/cpu_isa.h"
 
 namespace adder_mm {
 at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
@@ -33,6 +36,16 @@ bool with_cuda() {
 #else
   return false;
 #endif
+}
+std::string active_isa_name() {
+  return adder_mm::cpu::isa_name(adder_mm::cpu::active_isa());
+}
+std::string machine_isa_name() {
+  return adder_mm::cpu::isa_name(adder_mm::cpu::machine_isa());
+}
+std::string set_isa_name(const std::string& name) {
+  return adder_mm::cpu::isa_name(
+      adder_mm::cpu::set_isa(adder_mm::cpu::parse_isa(name)));
 }
 }  // namespace
 
@@ -77,4 +90,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels are compiled in");
   m.def("cpu_threads", &adder_mm::cpu_parallel_threads,
         "threads the CPU kernels' parallel loops use now");
+  m.def("cpu_isa", &active_isa_name,
+        "the instruction-set level the CPU kernels use now");
+  m.def("machine_cpu_isa", &machine_isa_name,
+        "the best instruction-set level this CPU supports");
+  m.def("set_cpu_isa", &set_isa_name,
+        "cap the CPU kernels' level (generic, avx2, avx512; clamped to the "
+        "machine's); returns the level active before");
 }

@@ -18,11 +18,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 
 #include "../adder2d.h"
 #include "adder2d_cpu_isa.h"
+#include "cpu_isa.h"
 
 namespace adder_mm {
 
@@ -51,40 +51,39 @@ constexpr int64_t kGradImgPositions = 256;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-bool have_avx2() {
+// The kernel table of the active ISA level (cpu_isa.h), read once per call
+// so that one call never mixes the tiles of two levels. Levels without a
+// table of their own use the next lower one.
+template <typename T>
+struct Tables;
+
+template <>
+struct Tables<float> {
+  static KernelTable<float> get(cpu::Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx2") &&
-                         __builtin_cpu_supports("fma") &&
-                         std::getenv("ADDER_MM_CPU_GENERIC") == nullptr;
-  return ok;
-#else
-  return false;
+    static const KernelTable<float> avx2 = cpu::avx2_table_float();
+    if (isa >= cpu::Isa::kAvx2) return avx2;
 #endif
-}
+    static const KernelTable<float> generic = cpu::generic_table_float();
+    return generic;
+  }
+};
+
+template <>
+struct Tables<double> {
+  static KernelTable<double> get(cpu::Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    static const KernelTable<double> avx2 = cpu::avx2_table_double();
+    if (isa >= cpu::Isa::kAvx2) return avx2;
+#endif
+    static const KernelTable<double> generic = cpu::generic_table_double();
+    return generic;
+  }
+};
 
 template <typename T>
-const KernelTable<T>& kernels();
-
-template <>
-const KernelTable<float>& kernels<float>() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const KernelTable<float> t =
-      have_avx2() ? cpu::avx2_table_float() : cpu::generic_table_float();
-#else
-  static const KernelTable<float> t = cpu::generic_table_float();
-#endif
-  return t;
-}
-
-template <>
-const KernelTable<double>& kernels<double>() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const KernelTable<double> t =
-      have_avx2() ? cpu::avx2_table_double() : cpu::generic_table_double();
-#else
-  static const KernelTable<double> t = cpu::generic_table_double();
-#endif
-  return t;
+KernelTable<T> kernels() {
+  return Tables<T>::get(cpu::active_isa());
 }
 
 // Uninitialised scratch from the c10 CPU allocator (so memory profilers see
@@ -320,8 +319,8 @@ int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
 }
 
 template <typename T, int NR>
-void forward_nr(const T* x, const T* w, T* y, const Adder2dParams& p) {
-  const KernelTable<T>& kt = kernels<T>();
+void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
+                const Adder2dParams& p) {
   const int MR = kt.mr;
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L();
@@ -431,9 +430,8 @@ void forward_nr(const T* x, const T* w, T* y, const Adder2dParams& p) {
 }
 
 template <typename T, int NR>
-void backward_input_nr(const T* go, const T* x, const T* w, T* gx,
-                       const Adder2dParams& p) {
-  const KernelTable<T>& kt = kernels<T>();
+void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
+                       const T* w, T* gx, const Adder2dParams& p) {
   const int MK = kt.mk;
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t K = p.K(), L = p.L(), KK = p.KH * p.KW, HW = p.H * p.W;
@@ -551,14 +549,15 @@ void backward_input_nr(const T* go, const T* x, const T* w, T* gx,
 
 template <typename T>
 void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
-  ADDER_DISPATCH_NR(kernels<T>().nr, forward_nr<T, kNR>(x, w, y, p));
+  const KernelTable<T> kt = kernels<T>();
+  ADDER_DISPATCH_NR(kt.nr, forward_nr<T, kNR>(kt, x, w, y, p));
 }
 
 template <typename T>
 void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
                          const Adder2dParams& p) {
-  ADDER_DISPATCH_NR(kernels<T>().nr,
-                    backward_input_nr<T, kNR>(go, x, w, gx, p));
+  const KernelTable<T> kt = kernels<T>();
+  ADDER_DISPATCH_NR(kt.nr, backward_input_nr<T, kNR>(kt, go, x, w, gx, p));
 }
 
 #undef ADDER_DISPATCH_NR
