@@ -3,7 +3,8 @@
     python tools/analysis_tools/benchmark_adder.py [--device cpu|cuda]
         [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
         [--repeat N] [--warmup N] [--model-step] [--no-unfold]
-        [--unfold-max-mib M] [--out FILE.json] [--markdown FILE.md]
+        [--unfold-max-mib M] [--cpu-isa generic|avx2|avx512]
+        [--out FILE.json] [--markdown FILE.md]
 
 For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
 ResNet-50 (ImageNet 224x224, batch 32): median wall time of the forward and
@@ -54,7 +55,7 @@ _ROOT = os.path.dirname(os.path.dirname(_HERE))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from adder_mm.ops import adder2d, ext_info  # noqa: E402
+from adder_mm.ops import adder2d, ext_info, set_cpu_isa  # noqa: E402
 
 _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
 
@@ -519,6 +520,9 @@ def parse_args(argv=None):
                         help='torch.set_num_threads (default: torch\'s); '
                         'on a shared machine 1 thread shows the kernels '
                         'without OpenMP barrier contention')
+    parser.add_argument('--cpu-isa', choices=['generic', 'avx2', 'avx512'],
+                        help='cap the CPU kernels at this instruction-set '
+                        'level (default: the best this CPU has)')
     parser.add_argument('--layers', default=None,
                         help='comma-separated layer names to run (default all)')
     parser.add_argument('--out', help='write results as JSON')
@@ -541,6 +545,8 @@ def main(argv=None):
     device = args.device
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.cpu_isa is not None:
+        set_cpu_isa(args.cpu_isa)
     if device == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('--device cuda: no CUDA device is available')
