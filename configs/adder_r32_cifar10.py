@@ -4,9 +4,8 @@ _base_ = [
     './_base_/models/adder_r32_cifar.py',
     './_base_/datasets/cifar10_bs256_adder.py',
     './_base_/schedules/cifar_bs256_cos400e_adder.py',
-    'mmpretrain::_base_/default_runtime.py',
+    './_base_/adder_runtime.py',
 ]
-custom_imports = dict(imports=['adder_mm'], allow_failed_imports=False)
 
 default_hooks = dict(
     checkpoint=dict(

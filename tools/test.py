@@ -15,7 +15,13 @@ import os.path as osp
 import sys
 from copy import deepcopy
 
-from train import ToolError, build_runner, check_config_path
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:  # run from anywhere without an install
+    sys.path.insert(0, _ROOT)
+
+from adder_mm.apis import (ToolError, apply_cfg_options,  # noqa: E402
+                           build_runner, check_checkpoint, check_config_path,
+                           run_tool)
 
 
 def parse_args(argv=None):
@@ -66,8 +72,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     check_config_path(parser, args.config)
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        parser.error(f'checkpoint file not found: {args.checkpoint!r}')
     if args.out is None and args.out_item is not None:
         parser.error('--out-item needs --out FILE')
     return args
@@ -128,41 +132,22 @@ def merge_args(cfg, args):
         loader.pin_memory = False
     cfg.test_dataloader = loader
 
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    return cfg
-
-
-def load_strict(runner, checkpoint):
-    """Load ``checkpoint`` into the runner's model, requiring every key and
-    shape to match; ToolError lists the differences."""
-    try:
-        runner.load_checkpoint(checkpoint, map_location='cpu', strict=True)
-    except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        detail = '\n  '.join(lines[:12] + (['...'] if len(lines) > 12 else []))
-        raise ToolError(
-            f'checkpoint {checkpoint!r} does not match the model of '
-            f'{runner.cfg.filename}:\n  {detail}\nUse the config the '
-            'checkpoint was trained with, or convert the checkpoint '
-            '(tools/model_converters/).') from None
+    return apply_cfg_options(cfg, args.cfg_options)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    runner = build_runner(args, merge_args, ('test_dataloader', ))
+    # Read and compared with the model before testing: the Runner's own
+    # load (in test()) only warns on a mismatch and would test a partly
+    # random network. Costs a second read of the file.
+    model = runner.model.module if hasattr(runner.model, 'module') else \
+        runner.model
+    check_checkpoint(args.checkpoint, model, strict=True,
+                     config=args.config)
 
-    runner = build_runner(args, merge_args, ('test_dataloader', ),
-                          osp.basename(__file__))
     import mmengine
     from mmengine.evaluator import DumpResults
-
-    # Strict first: the Runner's own load (in test()) only warns on
-    # mismatches. Loading twice costs a second read of the file.
-    try:
-        load_strict(runner, args.checkpoint)
-    except ToolError as e:
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-
     if args.out and args.out_item in ('pred', None):
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
@@ -173,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, prog=osp.basename(__file__))

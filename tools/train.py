@@ -19,96 +19,13 @@ import sys
 import time
 from copy import deepcopy
 
-# Checks shared with tools/test.py (which imports them from here). They run
-# before the Runner is built so that bad use fails fast with a message that
-# says what to do, instead of a traceback from deep inside a dataset class.
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:  # run from anywhere without an install
+    sys.path.insert(0, _ROOT)
 
-
-class ToolError(Exception):
-    """Bad use of a tool; main() prints it without a traceback."""
-
-
-def check_config_path(parser, path):
-    """Exit through argparse when the config file does not exist."""
-    if not osp.isfile(path):
-        parser.error(f'config file not found: {path!r} (looked in '
-                     f'{osp.abspath(path)!r}; configs live under configs/, '
-                     'e.g. configs/adder_r20_digits.py)')
-
-
-def _data_roots(dataset_cfg, key):
-    """Yield (dotted key, data_root) of a dataset config and its wrapped
-    datasets (RepeatDataset/ConcatDataset/ClassBalancedDataset)."""
-    if not isinstance(dataset_cfg, dict):
-        return
-    root = dataset_cfg.get('data_root', None)
-    if root:
-        yield f'{key}.data_root', root
-    yield from _data_roots(dataset_cfg.get('dataset', None), f'{key}.dataset')
-    for i, sub in enumerate(dataset_cfg.get('datasets', None) or []):
-        yield from _data_roots(sub, f'{key}.datasets.{i}')
-
-
-def check_data_roots(cfg, config_path, fields):
-    """Raise ToolError when a dataset folder named by ``data_root`` in one of
-    the dataloaders ``fields`` is missing (remote URIs are not checked)."""
-    for field in fields:
-        loader = cfg.get(field, None)
-        if not loader:
-            continue
-        for key, root in _data_roots(loader.get('dataset', None),
-                                     f'{field}.dataset'):
-            if '://' in str(root) or osp.isdir(osp.expanduser(str(root))):
-                continue
-            raise ToolError(
-                f'dataset folder not found: {root!r} ({key} in {config_path}'
-                f', resolved to {osp.abspath(osp.expanduser(str(root)))!r}).'
-                ' Put the dataset there, or point the config at it with '
-                f'--cfg-options {key}=/path/to/dataset. (mmpretrain\'s '
-                'CIFAR datasets download into an existing empty folder when '
-                'the machine has network.) configs/adder_r20_digits.py '
-                'needs no dataset folder.')
-
-
-def prepare_cpu_distributed(cfg):
-    """Make a distributed launch work without CUDA: gloo + CPU DDP.
-
-    MMEngine's own distributed set-up calls ``torch.cuda.set_device``, which
-    fails without a GPU, so for the pytorch launcher (torchrun) the gloo
-    process group is created here from torchrun's environment variables;
-    the Runner then finds it initialised and skips its own set-up.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if cfg.launcher == 'none' or torch.cuda.is_available():
-        return
-    if cfg.launcher != 'pytorch':
-        raise ToolError(
-            f'--launcher {cfg.launcher} needs CUDA GPUs; on a CPU-only '
-            'machine launch with torchrun (tools/dist_train.sh CONFIG N), '
-            'which uses the gloo backend')
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    dist_cfg['backend'] = 'gloo'
-    if not dist.is_initialized():
-        kwargs = {}
-        if dist_cfg.get('timeout', None) is not None:
-            import datetime
-            kwargs['timeout'] = datetime.timedelta(seconds=dist_cfg.timeout)
-        dist.init_process_group(backend='gloo', **kwargs)
-    # DDP takes no device_ids for a CPU module; MMEngine passes
-    # [LOCAL_RANK] unless the wrapper config names them.
-    wrapper = cfg.get('model_wrapper_cfg', None)
-    if wrapper is None:
-        wrapper = dict(
-            type='MMDistributedDataParallel',
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-    if wrapper.get('type', 'MMDistributedDataParallel') in (
-            'MMDistributedDataParallel', 'DistributedDataParallel'):
-        wrapper['device_ids'] = None
-    cfg.model_wrapper_cfg = wrapper
+from adder_mm.apis import (ToolError, add_default_hooks,  # noqa: E402
+                           apply_cfg_options, build_runner, check_checkpoint,
+                           check_config_path, run_tool)
 
 
 def parse_args(argv=None):
@@ -146,7 +63,9 @@ def parse_args(argv=None):
         nargs='+',
         action=_dict_action(),
         help='override config entries, key=value (e.g. '
-        'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=0.05)')
+        'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=0.05); a key the '
+        'config does not have is an error naming the closest one, unless '
+        'written +key=value (added on purpose)')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -222,43 +141,48 @@ def merge_args(cfg, args):
             loader.persistent_workers = False
         cfg[field] = loader
 
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    return cfg
+    return apply_cfg_options(cfg, args.cfg_options)
 
 
-def build_runner(args, merge, loaders, prog):
-    """Load ``args.config``, apply the command line (``merge(cfg, args)``),
-    check the data roots of ``loaders`` and the CPU launch, and build the
-    Runner. A ToolError ends the process with ``prog: error: message``."""
-    import adder_mm  # noqa: F401  (registers models, datasets, optimizers)
-    from mmengine.config import Config
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    from mmpretrain.utils import register_all_modules
-
-    register_all_modules(init_default_scope=False)
-    cfg = Config.fromfile(args.config)
-    try:
-        cfg = merge(cfg, args)
-        check_data_roots(cfg, args.config, loaders)
-        prepare_cpu_distributed(cfg)
-    except ToolError as e:
-        sys.exit(f'{prog}: error: {e}')
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+def check_start_checkpoint(runner):
+    """The checkpoint training starts from, read and compared with the
+    model before anything trains: --resume needs an exact match, a
+    config's load_from (fine-tuning) at least one shared weight (the
+    differences are logged)."""
+    cfg = runner.cfg
+    path = cfg.get('load_from', None)
+    if cfg.get('resume', False) and not path:
+        from mmengine.runner import find_latest_checkpoint
+        path = find_latest_checkpoint(runner.work_dir)
+        if path is None:
+            runner.logger.info('--resume: no checkpoint in '
+                               f'{runner.work_dir}, training from scratch')
+            return
+    if not path:
+        return
+    resume = bool(cfg.get('resume', False))
+    model = runner.model.module if hasattr(runner.model, 'module') else \
+        runner.model
+    _, diff = check_checkpoint(
+        path, model, strict=resume,
+        what='--resume checkpoint' if resume else 'load_from checkpoint',
+        config=cfg.filename)
+    if diff:
+        runner.logger.warning(f'load_from {path!r} differs from the model '
+                              f'(loaded where it matches):{diff}')
 
 
 def main(argv=None):
     args = parse_args(argv)
     # Heavy imports after the argument checks, so bad use fails fast.
     runner = build_runner(args, merge_args,
-                          ('train_dataloader', 'val_dataloader'),
-                          osp.basename(__file__))
+                          ('train_dataloader', 'val_dataloader'))
+    check_start_checkpoint(runner)
+    add_default_hooks(runner)
     start = time.perf_counter()
     runner.train()
     report_final_metrics(runner, time.perf_counter() - start)
+    return runner
 
 
 def report_final_metrics(runner, seconds):
@@ -280,4 +204,4 @@ def report_final_metrics(runner, seconds):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, prog=osp.basename(__file__))

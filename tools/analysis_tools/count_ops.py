@@ -2,14 +2,17 @@
 
     python tools/analysis_tools/count_ops.py CONFIG [--shape H W]
         [--compare OTHER_CONFIG] [--bits {fp32,fp16,int32,int8}]
-        [--energy TABLE.json] [--out FILE.json] [--plot FILE.png]
+        [--energy TABLE.json] [--work-dir DIR] [--out [FILE.json]]
+        [--plot [FILE.png]]
 
 Builds the model of CONFIG, runs one forward pass on a [1, C, H, W] input
 with hooks on every AdderConv2d, convolution and Linear layer (backbone, neck
 and head), prints a per-layer table and totals, the estimated energy (45 nm
 figures of Horowitz, ISSCC 2014, or --energy) and, with --compare, the saving
 against the other config (usually the CNN twin). Conventions: see
-adder_mm/utils/op_counter.py.
+adder_mm/utils/op_counter.py. ``--out`` and ``--plot`` without a file name
+write ops.json / ops.png into the work dir (default
+work_dirs/count_ops/<config name>), never into the current folder.
 """
 import argparse
 import copy
@@ -53,9 +56,15 @@ def parse_args(argv=None):
     parser.add_argument('--energy', default=None,
                         help='JSON {bits: {"add": pJ, "mult": pJ}} '
                         'overriding/extending the 45 nm table')
-    parser.add_argument('--out', default=None, help='write JSON here')
-    parser.add_argument('--plot', default=None,
-                        help='write a bar chart PNG of mults/adds per stage')
+    parser.add_argument(
+        '--work-dir', default=None,
+        help='where --out/--plot without a file name write (default '
+        'work_dirs/count_ops/<config name>)')
+    parser.add_argument('--out', nargs='?', const='', default=None,
+                        help='write JSON (default: <work-dir>/ops.json)')
+    parser.add_argument('--plot', nargs='?', const='', default=None,
+                        help='write a bar chart PNG of mults/adds per stage '
+                        '(default: <work-dir>/ops.png)')
     parser.add_argument('--group-depth', type=int, default=2,
                         help='name parts that make a stage (default 2: '
                         'backbone.layer1)')
@@ -71,6 +80,12 @@ def parse_args(argv=None):
     parser.add_argument('--per-layer', action=argparse.BooleanOptionalAction,
                         default=True, help='print the per-layer table')
     args = parser.parse_args(argv)
+    work_dir = args.work_dir or osp.join(
+        'work_dirs', 'count_ops', osp.splitext(osp.basename(args.config))[0])
+    if args.out == '':
+        args.out = osp.join(work_dir, 'ops.json')
+    if args.plot == '':
+        args.plot = osp.join(work_dir, 'ops.png')
     if args.shape is not None:
         if len(args.shape) == 1:
             args.shape = args.shape * 2
@@ -354,6 +369,7 @@ def main(argv=None):
             json.dump(doc, f, indent=2)
         print(f'wrote {args.out}')
     if args.plot:
+        os.makedirs(osp.dirname(osp.abspath(args.plot)), exist_ok=True)
         plot(results, args.plot, args.group_depth)
         print(f'wrote {args.plot}')
     return results, summary

@@ -1,0 +1,154 @@
+"""Open a checkpoint with torch's safe loader and say exactly what is wrong
+with it: missing, empty, truncated, not a checkpoint, refused by the safe
+loader, or not matching the model."""
+import os.path as osp
+import pickle
+import re
+
+import torch
+
+from .errors import ToolError
+
+# How torch.save's two formats begin: a zip archive, or (legacy format,
+# _use_new_zipfile_serialization=False) a pickled magic number.
+_ZIP_MAGIC = b'PK\x03\x04'
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'
+# torch's message for a global outside the weights_only allow-list.
+_UNSUPPORTED_GLOBAL = re.compile(
+    r'Unsupported (?:global|class)[^:]*:\s*(?:GLOBAL\s+)?([\w.]+)')
+
+
+def read_checkpoint(path, what='checkpoint'):
+    """Load ``path`` with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises:
+        ToolError: naming the problem (``what`` names the file's role).
+    """
+    if '://' in str(path):
+        return None  # remote files are left to MMEngine's loaders
+    if not osp.exists(path):
+        raise ToolError(f'{what} not found: {path!r}')
+    if osp.isdir(path):
+        raise ToolError(f'{what} {path!r} is a folder, not a file')
+    size = osp.getsize(path)
+    if size == 0:
+        raise ToolError(f'{what} {path!r} is empty (0 bytes): the save that '
+                        'wrote it did not finish; use an earlier checkpoint')
+    with open(path, 'rb') as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC)):
+        kind = ('a plain pickle, not a file written by torch.save'
+                if head[:1] == b'\x80' else
+                'neither a zip archive nor a legacy torch file')
+        raise ToolError(f'{what} {path!r} is not a PyTorch checkpoint ({kind})'
+                        '; check that the path names a .pth file saved by '
+                        'torch.save')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ToolError(_unpickling_message(path, what, e)) from None
+    except Exception as e:  # noqa: BLE001 (torch raises many kinds here)
+        text = str(e).strip().splitlines()
+        raise ToolError(
+            f'{what} {path!r} is truncated or corrupted ({size} bytes; torch: '
+            f'{type(e).__name__}: {text[0] if text else ""}): the save or '
+            'the copy did not finish; use an earlier checkpoint or copy it '
+            'again') from None
+    return ckpt
+
+
+def _unpickling_message(path, what, err):
+    text = str(err)
+    m = _UNSUPPORTED_GLOBAL.search(text)
+    if m:
+        name = m.group(1)
+        return (f'{what} {path!r} refers to {name}, which the safe loader '
+                '(torch.load weights_only=True) does not allow. If it comes '
+                'from a source you trust and you need that object, add the '
+                'class to the allow-list in your own code '
+                '(torch.serialization.add_safe_globals([...])); otherwise '
+                'save only the state_dict of the model and load that')
+    if 'weights_only' in text or 'Weights only load failed' in text:
+        first = next((ln for ln in text.splitlines()
+                      if ln.strip() and 'weights_only' not in ln), text)
+        return (f'{what} {path!r} was refused by the safe loader '
+                f'(torch.load weights_only=True): {first.strip()}')
+    return (f'{what} {path!r} is not a PyTorch checkpoint (the file does not '
+            'unpickle: ' + (text.splitlines()[0] if text else 'bad data') +
+            '); check that the path names a .pth file saved by torch.save')
+
+
+def checkpoint_state_dict(ckpt, path, what='checkpoint'):
+    """The model weights inside a loaded checkpoint (MMEngine's
+    ``state_dict``/``model`` wrappers or a bare state dict)."""
+    if not isinstance(ckpt, dict):
+        raise ToolError(f'{what} {path!r} holds a {type(ckpt).__name__}, not '
+                        'a dict of weights')
+    for key in ('state_dict', 'model'):
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    tensors = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ToolError(f'{what} {path!r} holds no tensors: it is not a '
+                        'checkpoint of model weights')
+    return tensors
+
+
+def _strip_prefix(state):
+    if state and all(k.startswith('module.') for k in state):
+        return {k[len('module.'):]: v for k, v in state.items()}
+    return state
+
+
+def compare_state_dict(state, model):
+    """(missing, unexpected, mismatched shapes) of ``state`` against
+    ``model``'s own state dict."""
+    own = model.state_dict()
+    state = _strip_prefix(state)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model '
+              f'{tuple(own[k].shape)}' for k in own
+              if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def _listing(title, items, limit=8):
+    if not items:
+        return ''
+    more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
+    return f'\n  {title} ({len(items)}): ' + ', '.join(items[:limit]) + more
+
+
+def check_checkpoint(path, model, strict=True, what='checkpoint',
+                     config=None):
+    """Read ``path`` safely and compare its weights with ``model``.
+
+    strict: every key and shape must match (testing, resuming). Otherwise
+    (``load_from`` for fine-tuning) differences are returned for a warning,
+    and only a checkpoint sharing no key with the model is an error.
+
+    Returns:
+        (checkpoint dict or None for remote files, differences text).
+    Raises:
+        ToolError: naming the problem.
+    """
+    ckpt = read_checkpoint(path, what)
+    if ckpt is None:
+        return None, ''
+    state = checkpoint_state_dict(ckpt, path, what)
+    missing, unexpected, shapes = compare_state_dict(state, model)
+    diff = (_listing('missing in the checkpoint', missing) +
+            _listing('not in the model', unexpected) +
+            _listing('shape differs', shapes))
+    own = model.state_dict()
+    shared = len(own) - len(missing)
+    if (strict and diff) or shared == 0 or shapes and not strict and \
+            len(shapes) == shared:
+        cfg = f' of {config}' if config else ''
+        raise ToolError(
+            f'{what} {path!r} does not match the model{cfg}:{diff}\nUse the '
+            'config the checkpoint was trained with, or convert the '
+            'checkpoint (tools/model_converters/)')
+    return ckpt, diff

@@ -1,0 +1,138 @@
+"""Building MMEngine's Runner for the tools: config, command line, the
+checks that run before anything is built, and the hooks every adder_mm
+training run gets."""
+import os.path as osp
+import sys
+
+from .cfg_options import check_cfg_options
+from .data_roots import prepare_data_roots
+from .errors import ToolError
+
+
+def prepare_cpu_distributed(cfg):
+    """Make a distributed launch work without CUDA: gloo + CPU DDP.
+
+    MMEngine's own distributed set-up calls ``torch.cuda.set_device``, which
+    fails without a GPU, so for the pytorch launcher (torchrun) the gloo
+    process group is created here from torchrun's environment variables;
+    the Runner then finds it initialised and skips its own set-up.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise ToolError(
+            f'--launcher {cfg.launcher} needs CUDA GPUs; on a CPU-only '
+            'machine launch with torchrun (tools/dist_train.sh CONFIG N), '
+            'which uses the gloo backend')
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    if not dist.is_initialized():
+        kwargs = {}
+        if dist_cfg.get('timeout', None) is not None:
+            import datetime
+            kwargs['timeout'] = datetime.timedelta(seconds=dist_cfg.timeout)
+        dist.init_process_group(backend='gloo', **kwargs)
+    # DDP takes no device_ids for a CPU module; MMEngine passes
+    # [LOCAL_RANK] unless the wrapper config names them.
+    wrapper = cfg.get('model_wrapper_cfg', None)
+    if wrapper is None:
+        wrapper = dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if wrapper.get('type', 'MMDistributedDataParallel') in (
+            'MMDistributedDataParallel', 'DistributedDataParallel'):
+        wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def check_config_path(parser, path):
+    """Exit through argparse when the config file does not exist (before
+    any heavy import)."""
+    if not osp.isfile(path):
+        parser.error(f'config file not found: {path!r} (looked in '
+                     f'{osp.abspath(path)!r}; configs live under configs/, '
+                     'e.g. configs/adder_r20_digits.py)')
+
+
+def apply_cfg_options(cfg, options):
+    """Check ``--cfg-options`` (see check_cfg_options) and merge them."""
+    if options:
+        cfg.merge_from_dict(check_cfg_options(cfg, options))
+    return cfg
+
+
+def load_config(path):
+    """Config.fromfile with the errors of a broken config file as
+    ToolError (the file's own syntax or name errors, a missing base)."""
+    from mmengine.config import Config
+    try:
+        return Config.fromfile(path)
+    except (SyntaxError, NameError, ImportError, FileNotFoundError,
+            KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ToolError(f'config {path!r} cannot be loaded: '
+                        f'{type(e).__name__}: {e}') from None
+
+
+def _hook_types(cfg):
+    return {h.get('type') if isinstance(h, dict) else type(h).__name__
+            for h in cfg.get('custom_hooks', None) or []}
+
+
+def has_adder_layers(model):
+    from adder_mm.models.layers import AdderConv2d
+    return any(isinstance(m, AdderConv2d) for m in model.modules())
+
+
+def add_default_hooks(runner):
+    """The hooks every training run of the tools gets unless the config
+    lists them: ExactResumeHook (exact ``--resume``), and for models with
+    adder layers BNRecalibrationHook (BN statistics that match the weights
+    whenever the model is evaluated or saved; see its docstring for why
+    adders need it). A CNN without adder layers gets no BN hook."""
+    from adder_mm.engine import BNRecalibrationHook, ExactResumeHook
+    present = {type(h) for h in runner.hooks}
+    added = []
+    if ExactResumeHook not in present:
+        runner.register_hook(ExactResumeHook())
+        added.append('ExactResumeHook')
+    if BNRecalibrationHook not in present and has_adder_layers(runner.model):
+        runner.register_hook(BNRecalibrationHook())
+        added.append('BNRecalibrationHook (the model has adder layers)')
+    if added:
+        runner.logger.info('adder_mm: added ' + ', '.join(added) +
+                           ' (list them in custom_hooks to configure them)')
+
+
+def build_runner(args, merge, loaders):
+    """Load ``args.config``, apply the command line (``merge(cfg, args)``),
+    check the data roots of ``loaders`` and the CPU launch, and build the
+    Runner. Raises ToolError on bad use."""
+    import adder_mm  # noqa: F401  (registers models, datasets, hooks)
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    from mmpretrain.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    cfg = load_config(args.config)
+    cfg = merge(cfg, args)
+    prepare_data_roots(cfg, args.config, loaders)
+    prepare_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_tool(main, argv=None, prog=None):
+    """Run a tool's ``main(argv)``; a ToolError ends the process with
+    ``prog: error: message`` and status 2, without a traceback."""
+    prog = prog or osp.basename(sys.argv[0])
+    try:
+        return main(argv)
+    except ToolError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,241 @@
+"""Every user mistake of issue 15 gets a message that names the problem and
+points at the fix, from tools/train.py and tools/test.py, before anything is
+built or trained, with exit status 2 and no traceback. Plus the checks
+themselves (adder_mm.apis) in-process, and tool outputs that stay out of the
+current folder.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import adder_mm  # noqa: F401
+from adder_mm.apis import ToolError, check_cfg_options, read_checkpoint
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TRAIN = osp.join(REPO, 'tools', 'train.py')
+TEST = osp.join(REPO, 'tools', 'test.py')
+COUNT_OPS = osp.join(REPO, 'tools', 'analysis_tools', 'count_ops.py')
+ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')
+
+
+def run(args, cwd=None):
+    return subprocess.run(
+        [sys.executable] + args, cwd=cwd or REPO, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+
+
+def refused(proc, *needles):
+    """The tool stopped with status 2, one message naming the problem and
+    no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert 'error:' in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr[-3000:])
+    return proc.stderr
+
+
+# --- --cfg-options -------------------------------------------------------
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_misspelt_cfg_option_names_the_closest_key(tool, tmp_path):
+    work = tmp_path / 'w'
+    head = [TRAIN, ADDER_CFG] if tool == 'train' else [
+        TEST, ADDER_CFG, str(tmp_path / 'unused.pth')]
+    proc = run(head + ['--work-dir', str(work), '--cfg-options',
+                       'train_cfg.max_epoch=1',
+                       'optim_wraper.optimizer.lr=0.01'])
+    refused(proc, 'train_cfg.max_epoch: no such key; did you mean '
+            'train_cfg.max_epochs?', 'did you mean optim_wrapper.optimizer.lr?',
+            '+key=value')
+    assert not work.exists()  # nothing was built
+
+
+@pytest.fixture(scope='module')
+def digits_cfg():
+    from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return Config.fromfile(ADDER_CFG)
+
+
+def test_cfg_options_accept_existing_keys_and_constructor_args(digits_cfg):
+    opts = {
+        'train_cfg.max_epochs': 2,
+        # not in the config: arguments of the classes the dicts build
+        'model.backbone.frozen_stages': 1,  # ResNet, through **kwargs
+        'optim_wrapper.optimizer.nesterov': True,  # torch.optim.SGD
+        'train_cfg.val_begin': 2,  # EpochBasedTrainLoop (no type)
+        'train_dataloader.dataset.pipeline.1.crop_size': 30,  # list index
+    }
+    assert check_cfg_options(digits_cfg, opts) == opts
+
+
+def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
+    assert check_cfg_options(digits_cfg, {'+model.backbone.my_arg': 1}) == {
+        'model.backbone.my_arg': 1}
+    with pytest.raises(ToolError, match='exists already; drop the +'):
+        check_cfg_options(digits_cfg, {'+train_cfg.max_epochs': 1})
+
+
+@pytest.mark.parametrize('key, message', [
+    ('model.backbone.depht', 'did you mean model.backbone.depth?'),
+    ('model.bakbone.depth', "('bakbone' is not in model); did you mean "
+     'model.backbone.depth?'),
+    ('train_dataloader.dataset.pipeline.7.crop_size',
+     'is a list of 3 items; address one by its index 0..2'),
+    ('train_cfg.max_epochs.x', 'train_cfg.max_epochs is 10 (a int), which '
+     'has no keys'),
+    ('a..b', 'empty part'),
+])
+def test_cfg_options_errors(digits_cfg, key, message):
+    with pytest.raises(ToolError) as e:
+        check_cfg_options(digits_cfg, {key: 1})
+    assert message in str(e.value)
+
+
+# --- checkpoints ---------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def bad_checkpoints(tmp_path_factory):
+    """Each kind of bad file, named by what is wrong with it."""
+    root = tmp_path_factory.mktemp('ckpts')
+    from mmengine.config import Config as Cfg
+    from mmpretrain.registry import MODELS
+    from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    model = MODELS.build(Cfg.fromfile(ADDER_CFG).model)
+    good = root / 'good.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, good)
+    data = good.read_bytes()
+    files = {
+        'empty': b'',
+        'truncated': data[:len(data) // 2],
+        'garbage': b'\x00\x01not a checkpoint' * 64,
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = root / f'{name}.pth'
+        paths[name].write_bytes(content)
+
+    # A pickled instance of an arbitrary class: the safe loader must
+    # refuse it without importing its module.
+    (root / 'evil_module.py').write_text('class Payload:\n    pass\n')
+    sys.path.insert(0, str(root))
+    try:
+        import evil_module
+        paths['refused'] = root / 'refused.pth'
+        torch.save({'state_dict': model.state_dict(),
+                    'obj': evil_module.Payload()}, paths['refused'])
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop('evil_module', None)
+    state = model.state_dict()
+    state.pop('backbone.layer1.0.conv1.weight')
+    state['backbone.extra.weight'] = torch.zeros(2)
+    state['head.fc.weight'] = torch.zeros(3, 64)
+    paths['mismatch'] = root / 'mismatch.pth'
+    torch.save({'state_dict': state}, paths['mismatch'])
+    paths['missing'] = root / 'missing.pth'
+    paths['good'] = good
+    return paths
+
+
+MESSAGES = {
+    'missing': ['not found'],
+    'empty': ['is empty (0 bytes)'],
+    'truncated': ['truncated or corrupted'],
+    'garbage': ['is not a PyTorch checkpoint'],
+    'refused': ['evil_module.Payload', 'does not allow', 'add_safe_globals'],
+    'mismatch': ['does not match the model', 'backbone.layer1.0.conv1.weight',
+                 'backbone.extra.weight', 'head.fc.weight: checkpoint (3, 64)'],
+}
+
+
+@pytest.mark.parametrize('kind', list(MESSAGES))
+def test_test_tool_names_what_is_wrong_with_the_checkpoint(
+        kind, bad_checkpoints, tmp_path):
+    proc = run([TEST, ADDER_CFG, str(bad_checkpoints[kind]), '--work-dir',
+                str(tmp_path / 'w')])
+    err = refused(proc, *MESSAGES[kind])
+    assert 'weights_only=False' not in err
+    assert 'convert the checkpoint' not in err or kind == 'mismatch'
+
+
+@pytest.mark.parametrize('kind', ['truncated', 'mismatch'])
+def test_resume_checks_the_checkpoint_before_training(kind, bad_checkpoints,
+                                                      tmp_path):
+    proc = run([TRAIN, ADDER_CFG, '--work-dir', str(tmp_path / 'w'),
+                '--resume', str(bad_checkpoints[kind])])
+    refused(proc, '--resume checkpoint', *MESSAGES[kind])
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+
+
+def test_read_checkpoint_never_suggests_unsafe_loading(bad_checkpoints):
+    for kind in ('refused', 'garbage', 'truncated', 'empty'):
+        with pytest.raises(ToolError) as e:
+            read_checkpoint(str(bad_checkpoints[kind]))
+        assert 'weights_only=False' not in str(e.value)
+    assert 'state_dict' in read_checkpoint(str(bad_checkpoints['good']))
+
+
+# --- data roots ----------------------------------------------------------
+
+CIFAR_USER_CFG = """
+_base_ = [
+    'mmpretrain::_base_/datasets/cifar10_bs16.py',
+    'mmpretrain::_base_/schedules/cifar10_bs128.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='AdderResNet_CIFAR', depth=20),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(type='LinearBNClsHead', num_classes=10, in_channels=64))
+"""
+
+
+@pytest.mark.parametrize('state', ['missing', 'empty', 'incomplete'])
+def test_dataset_problems_reported_at_once_without_download(state,
+                                                            tmp_path):
+    """mmpretrain's CIFAR-10 dataset downloads into a missing or empty
+    folder by default (a URLError without network): here every loader's
+    problem is reported in one message, before the Runner is built."""
+    cfg = tmp_path / 'cifar.py'
+    cfg.write_text(CIFAR_USER_CFG)
+    root = tmp_path / 'data' / 'cifar10'
+    if state != 'missing':
+        root.mkdir(parents=True)
+    if state == 'incomplete':
+        (root / 'cifar-10-batches-py').mkdir()
+        (root / 'cifar-10-batches-py' / 'data_batch_1').write_bytes(b'x')
+    proc = run([TRAIN, str(cfg)], cwd=str(tmp_path))
+    why = {'missing': 'the folder does not exist',
+           'empty': 'the folder is empty',
+           'incomplete': 'missing cifar-10-batches-py/data_batch_2'}[state]
+    err = refused(proc, why, 'train_dataloader.dataset.data_root',
+                  'val_dataloader.dataset.data_root',
+                  'cifar-10-python.tar.gz', 'download=True')
+    assert 'URLError' not in err and 'Downloading' not in proc.stdout
+    assert not (tmp_path / 'work_dirs').exists()  # no Runner was built
+
+
+# --- outputs -------------------------------------------------------------
+
+def test_count_ops_outputs_go_to_the_work_dir(tmp_path):
+    proc = run([COUNT_OPS, ADDER_CFG, '--out', '--plot', '--per-layer'],
+               cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'work_dirs' / 'count_ops' / 'adder_r20_digits'
+    assert (out / 'ops.json').is_file() and (out / 'ops.png').is_file()
+    assert sorted(os.listdir(tmp_path)) == ['work_dirs']
+
+
+def test_default_outputs_are_ignored_by_git():
+    ignored = open(osp.join(REPO, '.gitignore')).read().split()
+    assert 'work_dirs/' in ignored
