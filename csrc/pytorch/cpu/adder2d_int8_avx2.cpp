@@ -59,33 +59,40 @@ void tile(const Int8Tile& t) {
         acc[r][v] = _mm256_add_epi64(acc[r][v], _mm256_sad_epu8(wv[v], b));
     }
   }
-  for (int r = 0; r < t.np; ++r) {
+  // Loops over r and v unrolled: the accumulators stay in registers.
+#pragma GCC unroll 16
+  for (int r = 0; r < MP; ++r) {
+    if (r < t.np) {
 #pragma GCC unroll 4
-    for (int v = 0; v < MV; v += 2) {
-      const int c0 = v * 4;
-      const int cnt = t.no - c0;
-      if (cnt <= 0) break;
-      // The low dwords of two vectors' qwords (each < 2^31), in order:
-      // shuffle_ps gives [a0 a1 b0 b1 | a2 a3 b2 b3], permute4x64 sorts.
-      const __m256i ab = _mm256_castps_si256(_mm256_shuffle_ps(
-          _mm256_castsi256_ps(acc[r][v]), _mm256_castsi256_ps(acc[r][v + 1]),
-          _MM_SHUFFLE(2, 0, 2, 0)));
-      const __m256i s = _mm256_permute4x64_epi64(ab, _MM_SHUFFLE(3, 1, 2, 0));
-      if (t.scale == nullptr) {
-        int32_t* dst = t.out_i32 + r * t.ldo + c0;
-        if (cnt >= 8)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), s);
-        else
-          _mm256_maskstore_epi32(dst, lane_mask(cnt), s);
-      } else {
-        const __m256 f = _mm256_fnmadd_ps(_mm256_loadu_ps(t.scale + c0),
-                                          _mm256_cvtepi32_ps(s),
-                                          _mm256_loadu_ps(t.bias + c0));
-        float* dst = t.out_f32 + r * t.ldo + c0;
-        if (cnt >= 8)
-          _mm256_storeu_ps(dst, f);
-        else
-          _mm256_maskstore_ps(dst, lane_mask(cnt), f);
+      for (int v = 0; v < MV; v += 2) {
+        const int c0 = v * 4;
+        const int cnt = t.no - c0;
+        if (cnt > 0) {
+          // The low dwords of two vectors' qwords (each < 2^31), in order:
+          // shuffle_ps gives [a0 a1 b0 b1 | a2 a3 b2 b3], permute4x64 sorts.
+          const __m256i ab = _mm256_castps_si256(
+              _mm256_shuffle_ps(_mm256_castsi256_ps(acc[r][v]),
+                                _mm256_castsi256_ps(acc[r][v + 1]),
+                                _MM_SHUFFLE(2, 0, 2, 0)));
+          const __m256i s =
+              _mm256_permute4x64_epi64(ab, _MM_SHUFFLE(3, 1, 2, 0));
+          if (t.scale == nullptr) {
+            int32_t* dst = t.out_i32 + t.orow[r] + c0;
+            if (cnt >= 8)
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), s);
+            else
+              _mm256_maskstore_epi32(dst, lane_mask(cnt), s);
+          } else {
+            const __m256 f = _mm256_fnmadd_ps(_mm256_loadu_ps(t.scale + c0),
+                                              _mm256_cvtepi32_ps(s),
+                                              _mm256_loadu_ps(t.bias + c0));
+            float* dst = t.out_f32 + t.orow[r] + c0;
+            if (cnt >= 8)
+              _mm256_storeu_ps(dst, f);
+            else
+              _mm256_maskstore_ps(dst, lane_mask(cnt), f);
+          }
+        }
       }
     }
   }

@@ -1,20 +1,24 @@
 // CPU driver of adder2d_int8: input layout, weight packing, threads.
 //
-// - The input is read as NHWC bytes. Where it has padding (or is not
-//   channels_last) it is copied once into a padded NHWC buffer whose border
-//   holds pad_value, so every tap of every position is in bounds: the tiles
-//   read a position's bytes straight from it, with no bounds tests and no
-//   im2col (a 3x3 im2col would write 9x the bytes of this copy).
-// - Where C/groups is a multiple of 8, every 8-byte piece of K lies inside
-//   one tap: piece k of position q is at base(q) + koff[k]. Otherwise each
-//   chunk of positions is im2col'ed into rows of K bytes (padded to 8 with
-//   zeros, as are the weights: |0 - 0| adds nothing) and the same tiles
-//   read the rows.
-// - Weights are packed once per call into [group][O-block][K/8][nob][8].
-// - Tasks are (group, chunk of positions over all images); per chunk the
-//   tiles of one O-block run over every position before the next block, so
-//   the block's weights stay in L1/L2. Each task writes its own NHWC output
-//   rows. Integer sums are exact: any split gives the same bits.
+// - The input is read as NHWC bytes (converted once where it is not
+//   channels_last). A position whose taps all lie inside the image is read
+//   straight from it: where C/groups is a multiple of 8, every 8-byte piece
+//   of K lies inside one tap, piece k of position q at base(q) + koff[k].
+//   The other positions of a chunk (on the padding border, or all where
+//   C/groups is not a multiple of 8) are im2col'ed into rows of K bytes
+//   (padding taps = pad_value, K padded to 8 with zeros, as are the
+//   weights: |0 - 0| adds nothing). Tiles take either kind, never both
+//   (one koff table per tile), and write each position's output row
+//   wherever it is, so only true border positions pay for the copy.
+// - Weights are packed per call into [group][O-block][K/8][nob][8], on the
+//   calling thread: the call then has one parallel region, whose barrier is
+//   the only place threads wait for each other (on a loaded machine each
+//   extra region can cost a scheduler time slice).
+// - Tasks are (group, chunk of positions over all images); per chunk, for
+//   each panel of O-blocks (weights L2-resident), each tile of positions
+//   runs the panel's blocks, writing stretches of its NHWC output rows.
+//   Each task writes its own rows. Integer sums are exact: any split gives
+//   the same bits.
 #include "adder2d_int8_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -35,8 +39,13 @@ using cpu::Int8KernelTable;
 using cpu::Int8Tile;
 
 // Positions per chunk: about this many bytes of K rows (the im2col buffer,
-// or the share of the input the chunk reads), L2-resident.
-constexpr int64_t kChunkBytes = 128 * 1024;
+// or the share of the input the chunk reads), L2-resident. Large enough
+// that for K = 4608 the tiles of a chunk reuse each O-block's weights
+// (147 KiB) ~16 times from L2: 128 KiB (4 tiles) left the 3x3 512-channel
+// layers 25% slower, streaming their weights from L3.
+constexpr int64_t kChunkBytes = 512 * 1024;
+// Packed weight bytes of the O-blocks one pass over a chunk's tiles uses.
+constexpr int64_t kPanelBytes = 256 * 1024;
 // Chunks per group the chunk size aims to leave at least (batch-1 calls
 // still feed every thread).
 constexpr int64_t kMinChunks = 8;
@@ -88,30 +97,6 @@ class Scratch {
   at::DataPtr data_;
 };
 
-// qx as NHWC bytes with the padding materialised (pad_value), or qx itself
-// where it already is channels_last without padding.
-at::Tensor padded_nhwc(const at::Tensor& qx, int64_t pad_value,
-                       const Adder2dParams& p) {
-  if (p.pad_h == 0 && p.pad_w == 0)
-    return qx.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t Hp = p.H + 2 * p.pad_h, Wp = p.W + 2 * p.pad_w;
-  at::Tensor xb = at::empty(
-      {p.N, p.C, Hp, Wp},
-      qx.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Scalar pad(pad_value);
-  if (p.pad_h > 0) {
-    xb.narrow(2, 0, p.pad_h).fill_(pad);
-    xb.narrow(2, p.pad_h + p.H, p.pad_h).fill_(pad);
-  }
-  at::Tensor rows = xb.narrow(2, p.pad_h, p.H);
-  if (p.pad_w > 0) {
-    rows.narrow(3, 0, p.pad_w).fill_(pad);
-    rows.narrow(3, p.pad_w + p.W, p.pad_w).fill_(pad);
-  }
-  rows.narrow(3, p.pad_w, p.W).copy_(qx);
-  return xb;
-}
-
 }  // namespace
 
 void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
@@ -126,19 +111,20 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
   const int nob = var.nob, mp = var.mp;
   const int64_t nobk = ceil_div(Og, nob);
 
-  const at::Tensor xb = padded_nhwc(qx, pad_value, p);
-  const int64_t Hp = p.H + 2 * p.pad_h, Wp = p.W + 2 * p.pad_w;
-  const uint8_t* const xp = xb.data_ptr<uint8_t>();
+  const at::Tensor xc = qx.contiguous(at::MemoryFormat::ChannelsLast);
+  const uint8_t* const xp = xc.data_ptr<uint8_t>();
 
-  // Byte offsets from a position's (0, 0) tap: of each tap, and of each
-  // 8-byte piece of K as the tiles read it.
-  std::vector<int64_t> toff(KK);
-  for (int64_t t = 0; t < KK; ++t)
-    toff[t] = ((t / p.KW) * p.dil_h * Wp + (t % p.KW) * p.dil_w) * p.C;
+  // Byte offsets of the 8-byte pieces of K as the tiles read them: from an
+  // interior position's (0, 0) tap in the input, or along an im2col row.
   const bool direct = Cg % 8 == 0;
-  std::vector<int64_t> koff(K8);
-  for (int64_t k = 0; k < K8; ++k)
-    koff[k] = direct ? toff[(8 * k) / Cg] + (8 * k) % Cg : 8 * k;
+  std::vector<int64_t> koff_in(K8), koff_row(K8);
+  for (int64_t k = 0; k < K8; ++k) {
+    const int64_t t = (8 * k) / Cg, c = (8 * k) % Cg;
+    koff_in[k] =
+        ((t / p.KW) * p.dil_h * p.W + (t % p.KW) * p.dil_w) * p.C + c;
+    koff_row[k] = 8 * k;
+  }
+  const int64_t span_h = (p.KH - 1) * p.dil_h, span_w = (p.KW - 1) * p.dil_w;
 
   // Weight rows in (kh, kw, c) order (a view when qw is channels_last),
   // packed as [G][nobk][K8][nob][8], zero past K and past Og.
@@ -147,25 +133,23 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
   const int64_t wblk = K8 * nob * 8;
   Scratch<uint8_t> wpk_(G * nobk * wblk, 1);
   uint8_t* const wpk = wpk_.slice(0);
-  at::parallel_for(0, G * nobk, 1, [&](int64_t b, int64_t e) {
-    for (int64_t gb = b; gb < e; ++gb) {
-      const int64_t g = gb / nobk, ob = gb % nobk;
-      uint8_t* dst = wpk + gb * wblk;
-      for (int c = 0; c < nob; ++c) {
-        const int64_t o = ob * nob + c;
-        const uint8_t* row = wrp + (g * Og + o) * K;
-        for (int64_t k = 0; k < K8; ++k) {
-          uint8_t* d = dst + (k * nob + c) * 8;
-          if (o < Og && 8 * k + 8 <= K) {
-            std::memcpy(d, row + 8 * k, 8);
-          } else {
-            for (int64_t i = 0; i < 8; ++i)
-              d[i] = (o < Og && 8 * k + i < K) ? row[8 * k + i] : 0;
-          }
+  for (int64_t gb = 0; gb < G * nobk; ++gb) {
+    const int64_t g = gb / nobk, ob = gb % nobk;
+    uint8_t* dst = wpk + gb * wblk;
+    for (int c = 0; c < nob; ++c) {
+      const int64_t o = ob * nob + c;
+      const uint8_t* row = wrp + (g * Og + o) * K;
+      for (int64_t k = 0; k < K8; ++k) {
+        uint8_t* d = dst + (k * nob + c) * 8;
+        if (o < Og && 8 * k + 8 <= K) {
+          std::memcpy(d, row + 8 * k, 8);
+        } else {
+          for (int64_t i = 0; i < 8; ++i)
+            d[i] = (o < Og && 8 * k + i < K) ? row[8 * k + i] : 0;
         }
       }
     }
-  });
+  }
 
   // Scale and bias per group, padded to whole blocks.
   std::vector<float> sc, bi;
@@ -180,15 +164,29 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
   }
 
   // Chunks of positions over all images: whole tiles, about kChunkBytes of
-  // K rows, at least kMinChunks per group where there are that many tiles.
+  // im2col rows, at least kMinChunks per group where there are that many
+  // tiles.
   const int64_t pc_cache = std::max<int64_t>(1, kChunkBytes / Kp / mp) * mp;
   const int64_t pc_split = ceil_div(ceil_div(NL, kMinChunks), mp) * mp;
   const int64_t PC = std::max<int64_t>(mp, std::min(pc_cache, pc_split));
   const int64_t nchunk = ceil_div(NL, PC);
 
+  // O-blocks whose packed weights (about kPanelBytes, L2-resident) the
+  // tiles of a chunk run through position by position: a tile's outputs
+  // are then whole stretches of the NHWC rows, written once, instead of
+  // narrow columns of a chunk-sized block revisited per O-block.
+  const int64_t obs_per_panel =
+      std::max<int64_t>(1, std::min(nobk, kPanelBytes / wblk));
+
   const int64_t nthreads = at::get_num_threads();
-  Scratch<const uint8_t*> ptrs_(PC, nthreads);
-  Scratch<uint8_t> rows_(direct ? 1 : PC * Kp, nthreads);
+  // Per thread: the chunk's positions in two lists, those read straight
+  // from the input ([0, S)) and those read from im2col rows ([S, 2S)), each
+  // padded to whole tiles.
+  const int64_t S = PC + mp;
+  Scratch<const uint8_t*> ptrs_(2 * S, nthreads);
+  Scratch<int64_t> orows_(2 * S, nthreads);
+  Scratch<uint8_t> rows_(PC * Kp, nthreads);
+  const uint8_t padb = static_cast<uint8_t>(pad_value);
   const bool is_f32 = scale != nullptr;
   int32_t* const yi = is_f32 ? nullptr : out.data_ptr<int32_t>();
   float* const yf = is_f32 ? out.data_ptr<float>() : nullptr;
@@ -199,52 +197,88 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
     // thread whose number may exceed this call's thread count.
     const int64_t tid = std::min<int64_t>(at::get_thread_num(), nthreads - 1);
     const uint8_t** const ptrs = ptrs_.slice(tid);
+    int64_t* const orows = orows_.slice(tid);
     uint8_t* const rows = rows_.slice(tid);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / nchunk, q0 = (task % nchunk) * PC;
       const int64_t len = std::min(PC, NL - q0);
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t q = q0 + i, n = q / L, l = q % L;
-        const int64_t oh = l / p.OW, ow = l % p.OW;
-        const uint8_t* base =
-            xp + ((n * Hp + oh * p.stride_h) * Wp + ow * p.stride_w) * p.C +
-            g * Cg;
-        if (direct) {
-          ptrs[i] = base;
-        } else {
-          uint8_t* row = rows + i * Kp;
-          for (int64_t t = 0; t < KK; ++t)
-            std::memcpy(row + t * Cg, base + toff[t], Cg);
-          std::memset(row + K, 0, Kp - K);
-          ptrs[i] = row;
+      const uint8_t* const xg = xp + g * Cg;
+      int64_t n_list[2] = {0, 0};  // positions read directly / via rows
+      // (n, oh, ow) of q stepped along, not divided out per position: two
+      // divisions cost as much as a position's tiles where K and O are 64.
+      int64_t n = q0 / L, oh = (q0 % L) / p.OW, ow = (q0 % L) % p.OW;
+      for (int64_t q = q0; q < q0 + len; ++q) {
+        if (q > q0 && ++ow == p.OW) {
+          ow = 0;
+          if (++oh == p.OH) {
+            oh = 0;
+            ++n;
+          }
         }
+        const int64_t ih0 = oh * p.stride_h - p.pad_h;
+        const int64_t iw0 = ow * p.stride_w - p.pad_w;
+        if (direct && ih0 >= 0 && ih0 + span_h < p.H && iw0 >= 0 &&
+            iw0 + span_w < p.W) {
+          ptrs[n_list[0]] = xg + ((n * p.H + ih0) * p.W + iw0) * p.C;
+          orows[n_list[0]++] = q * O;
+          continue;
+        }
+        uint8_t* row = rows + n_list[1] * Kp;
+        for (int64_t t = 0; t < KK; ++t) {
+          const int64_t ih = ih0 + (t / p.KW) * p.dil_h;
+          const int64_t iw = iw0 + (t % p.KW) * p.dil_w;
+          uint8_t* dst = row + t * Cg;
+          if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
+            const uint8_t* src = xg + ((n * p.H + ih) * p.W + iw) * p.C;
+            if (Cg % 8 == 0) {  // fixed-size copies, inlined
+              for (int64_t c = 0; c < Cg; c += 8)
+                std::memcpy(dst + c, src + c, 8);
+            } else {
+              std::memcpy(dst, src, Cg);
+            }
+          } else {
+            std::memset(dst, padb, Cg);
+          }
+        }
+        std::memset(row + K, 0, Kp - K);
+        ptrs[S + n_list[1]] = row;
+        orows[S + n_list[1]++] = q * O;
       }
-      // Tail slots of the last tile read valid rows; their results are
-      // not stored.
-      const int64_t len_pad = ceil_div(len, mp) * mp;
-      for (int64_t i = len; i < len_pad; ++i) ptrs[i] = ptrs[0];
 
       Int8Tile tile;
       tile.k8 = K8;
-      tile.koff = koff.data();
-      tile.ldo = O;
-      for (int64_t ob = 0; ob < nobk; ++ob) {
-        tile.w = wpk + (g * nobk + ob) * wblk;
-        tile.no = static_cast<int>(std::min<int64_t>(nob, Og - ob * nob));
-        const int64_t oc = g * Og + ob * nob;  // first output channel
-        if (is_f32) {
-          tile.scale = sc.data() + (g * nobk + ob) * nob;
-          tile.bias = bi.data() + (g * nobk + ob) * nob;
-        } else {
-          tile.scale = tile.bias = nullptr;
-        }
-        for (int64_t i0 = 0; i0 < len; i0 += mp) {
-          tile.x = ptrs + i0;
-          tile.np = static_cast<int>(std::min<int64_t>(mp, len - i0));
-          const int64_t o_off = (q0 + i0) * O + oc;
-          tile.out_i32 = is_f32 ? nullptr : yi + o_off;
-          tile.out_f32 = is_f32 ? yf + o_off : nullptr;
-          var.fn(tile);
+      tile.scale = tile.bias = nullptr;
+      for (int list = 0; list < 2; ++list) {
+        // Tail slots of the list's last tile read a valid position; their
+        // results are not stored.
+        const uint8_t** lp = ptrs + list * S;
+        for (int64_t i = n_list[list]; i < ceil_div(n_list[list], mp) * mp;
+             ++i)
+          lp[i] = lp[0];
+      }
+      for (int64_t ob0 = 0; ob0 < nobk; ob0 += obs_per_panel) {
+        const int64_t ob1 = std::min(nobk, ob0 + obs_per_panel);
+        for (int list = 0; list < 2; ++list) {
+          tile.koff = list == 0 ? koff_in.data() : koff_row.data();
+          for (int64_t i0 = 0; i0 < n_list[list]; i0 += mp) {
+            tile.x = ptrs + list * S + i0;
+            tile.orow = orows + list * S + i0;
+            tile.np = static_cast<int>(std::min<int64_t>(mp, n_list[list] - i0));
+            for (int64_t ob = ob0; ob < ob1; ++ob) {
+              tile.w = wpk + (g * nobk + ob) * wblk;
+              tile.no =
+                  static_cast<int>(std::min<int64_t>(nob, Og - ob * nob));
+              const int64_t oc = g * Og + ob * nob;  // first output channel
+              if (is_f32) {
+                tile.scale = sc.data() + (g * nobk + ob) * nob;
+                tile.bias = bi.data() + (g * nobk + ob) * nob;
+                tile.out_f32 = yf + oc;
+              } else {
+                tile.out_i32 = yi + oc;
+              }
+              var.fn(tile);
+            }
+          }
         }
       }
     }

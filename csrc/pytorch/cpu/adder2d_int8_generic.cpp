@@ -31,9 +31,9 @@ void tile(const Int8Tile& t) {
   for (int r = 0; r < t.np; ++r)
     for (int c = 0; c < t.no; ++c) {
       if (t.scale == nullptr)
-        t.out_i32[r * t.ldo + c] = acc[r][c];
+        t.out_i32[t.orow[r] + c] = acc[r][c];
       else  // one rounding, as the vector tiles' fma
-        t.out_f32[r * t.ldo + c] =
+        t.out_f32[t.orow[r] + c] =
             std::fma(-t.scale[c], static_cast<float>(acc[r][c]), t.bias[c]);
     }
 }

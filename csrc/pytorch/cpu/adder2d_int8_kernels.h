@@ -28,14 +28,15 @@ struct Int8Tile {
   const int64_t* koff;      // [k8] byte offset of piece k from x[r]
   const uint8_t* const* x;  // [mp] per-position base pointers (all valid)
   const uint8_t* w;         // packed [k8][nob][8] weights of this block
-  // Outputs of position r, channel c at out[r * ldo + c]: int32 sums S when
-  // scale is null, else float fma(-scale[c], float(S), bias[c]) (one
-  // rounding; scale and bias hold nob values).
+  // Outputs of position r, channel c at out[orow[r] + c]: int32 sums S
+  // when scale is null, else float fma(-scale[c], float(S), bias[c]) (one
+  // rounding; scale and bias hold nob values). A tile's positions need not
+  // be neighbours: the border ones of a chunk go through im2col rows.
   int32_t* out_i32;
   float* out_f32;
   const float* scale;
   const float* bias;
-  int64_t ldo;
+  const int64_t* orow;  // [np]
   int np, no;
 };
 
