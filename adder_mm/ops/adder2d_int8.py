@@ -44,7 +44,7 @@ def _register_fake_kernels():
     @torch.library.register_fake('adder_mm::adder2d_int8.out')
     def _(qx, qw, stride, padding, dilation, groups, pad_value, out_scale,
           out_bias, *, out):
-        return out
+        return None
 
 
 def _load_op():
@@ -189,8 +189,9 @@ def _adder2d_int8_into(out, qx, qw, stride=1, padding=0, dilation=1,
                                             out_scale, out_bias)
     if _ops is None:
         raise RuntimeError('adder2d_int8: adder_mm._ext is not built')
-    return _ops[1](qx, qw, list(stride), list(padding), list(dilation),
-                   groups, pad_value, out_scale, out_bias, out=out)
+    _ops[1](qx, qw, list(stride), list(padding), list(dilation), groups,
+            pad_value, out_scale, out_bias, out=out)
+    return out
 
 
 def adder2d_int8_reference(qx, qw, stride=1, padding=0, dilation=1, groups=1,

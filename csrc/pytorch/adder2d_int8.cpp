@@ -147,13 +147,15 @@ at::Tensor adder2d_int8(const at::Tensor& qx, const at::Tensor& qw,
 
 // Writes into a caller's channels_last tensor: what tests use to see that
 // every element is written (they fill it with a poison value first).
-at::Tensor& adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
-                             at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation, int64_t groups,
-                             int64_t pad_value,
-                             const c10::optional<at::Tensor>& out_scale,
-                             const c10::optional<at::Tensor>& out_bias,
-                             at::Tensor& out) {
+// Returns nothing (a custom op returning its aliased `out` cannot be
+// functionalized by torch.compile).
+void adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
+                      at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, int64_t groups,
+                      int64_t pad_value,
+                      const c10::optional<at::Tensor>& out_scale,
+                      const c10::optional<at::Tensor>& out_bias,
+                      at::Tensor& out) {
   const Adder2dParams p = make_params(qx, qw, stride, padding, dilation,
                                       groups, pad_value, out_scale, out_bias);
   const bool has_scale = out_scale.has_value() && out_scale->defined();
@@ -169,7 +171,6 @@ at::Tensor& adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
   TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast),
               "adder2d_int8: out must be channels_last contiguous");
   run(qx, qw, pad_value, out_scale, out_bias, out, p);
-  return out;
 }
 
 }  // namespace adder_mm

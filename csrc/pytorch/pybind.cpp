@@ -33,13 +33,13 @@ at::Tensor adder2d_int8(const at::Tensor& qx, const at::Tensor& qw,
                         int64_t pad_value,
                         const c10::optional<at::Tensor>& out_scale,
                         const c10::optional<at::Tensor>& out_bias);
-at::Tensor& adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
-                             at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation, int64_t groups,
-                             int64_t pad_value,
-                             const c10::optional<at::Tensor>& out_scale,
-                             const c10::optional<at::Tensor>& out_bias,
-                             at::Tensor& out);
+void adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
+                      at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, int64_t groups,
+                      int64_t pad_value,
+                      const c10::optional<at::Tensor>& out_scale,
+                      const c10::optional<at::Tensor>& out_bias,
+                      at::Tensor& out);
 }  // namespace adder_mm
 
 namespace {
@@ -90,7 +90,7 @@ TORCH_LIBRARY(adder_mm, m) {
   m.def(
       "adder2d_int8.out(Tensor qx, Tensor qw, int[] stride, int[] padding, "
       "int[] dilation, int groups, int pad_value, Tensor? out_scale, "
-      "Tensor? out_bias, *, Tensor(a!) out) -> Tensor(a!)");
+      "Tensor? out_bias, *, Tensor(a!) out) -> ()");
 }
 
 // One implementation per op for both keys: it dispatches on the device
