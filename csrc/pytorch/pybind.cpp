@@ -27,6 +27,19 @@ std::tuple<at::Tensor, at::Tensor> adder2d_backward_weight(
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups);
 int64_t cpu_parallel_threads();
+at::Tensor adder2d_int8(const at::Tensor& qx, const at::Tensor& qw,
+                        at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups,
+                        int64_t pad_value,
+                        const c10::optional<at::Tensor>& out_scale,
+                        const c10::optional<at::Tensor>& out_bias);
+void adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
+                      at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, int64_t groups,
+                      int64_t pad_value,
+                      const c10::optional<at::Tensor>& out_scale,
+                      const c10::optional<at::Tensor>& out_bias,
+                      at::Tensor& out);
 }  // namespace adder_mm
 
 namespace {
@@ -67,6 +80,17 @@ TORCH_LIBRARY(adder_mm, m) {
       "adder2d_backward_weight(Tensor grad_output, Tensor input, "
       "Tensor weight, int[] stride, int[] padding, int[] dilation, "
       "int groups) -> (Tensor, Tensor)");
+  // Integer adder layer of quantized AdderNets (adder2d_int8.cpp): uint8
+  // input and weight on one grid; int32 sums, or float32 with the
+  // dequantization fused (out_scale given). CPU only.
+  m.def(
+      "adder2d_int8(Tensor qx, Tensor qw, int[] stride, int[] padding, "
+      "int[] dilation, int groups, int pad_value, Tensor? out_scale, "
+      "Tensor? out_bias) -> Tensor");
+  m.def(
+      "adder2d_int8.out(Tensor qx, Tensor qw, int[] stride, int[] padding, "
+      "int[] dilation, int groups, int pad_value, Tensor? out_scale, "
+      "Tensor? out_bias, *, Tensor(a!) out) -> ()");
 }
 
 // One implementation per op for both keys: it dispatches on the device
@@ -76,6 +100,8 @@ TORCH_LIBRARY_IMPL(adder_mm, CPU, m) {
   m.impl("adder2d_forward", &adder_mm::adder2d_forward);
   m.impl("adder2d_backward_input", &adder_mm::adder2d_backward_input);
   m.impl("adder2d_backward_weight", &adder_mm::adder2d_backward_weight);
+  m.impl("adder2d_int8", &adder_mm::adder2d_int8);
+  m.impl("adder2d_int8.out", &adder_mm::adder2d_int8_out);
 }
 
 TORCH_LIBRARY_IMPL(adder_mm, CUDA, m) {

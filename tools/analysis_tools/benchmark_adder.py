@@ -3,7 +3,7 @@
     python tools/analysis_tools/benchmark_adder.py [--device cpu|cuda]
         [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
         [--repeat N] [--warmup N] [--model-step] [--no-unfold]
-        [--unfold-max-mib M] [--cpu-isa generic|avx2|avx512]
+        [--unfold-max-mib M] [--cpu-isa generic|avx2|avx512] [--int8]
         [--out FILE.json] [--markdown FILE.md]
 
 For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
@@ -32,6 +32,18 @@ forward+backward:
 - CUDA: torch.cuda.max_memory_allocated() minus the allocation before.
 Inputs and weights exist before the step and are not counted.
 
+``--int8`` (CPU) times, per layer, the integer adder of quantized AdderNets
+instead: ``adder2d_int8`` on a pre-quantized channels_last uint8 input with
+the dequantization fused (float32 out), against the float32 ``adder2d``
+forward, PyTorch's INT8 convolution (``torch.ao.nn.quantized.Conv2d``, x86
+engine, pre-quantized channels_last input, uint8 out) and float32
+``F.conv2d``, all four alternating call by call; ratios are medians of
+per-round ratios. The header names the CPU, its ISA flags that matter here
+(avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernel torch's INT8 conv
+ran (from oneDNN's verbose log). This mode does not re-execute with a fixed
+malloc mmap threshold (it measures no memory): every op allocates its
+output under glibc's default policy, as in a normal process.
+
 ``--model-step`` times a whole training step (forward, cross entropy,
 backward, SGD step) of AdderResNet-20 against its CNN twin (with MMPretrain;
 without it, the same network built from torch alone). CUDA: TF32 off, cuDNN
@@ -55,7 +67,8 @@ _ROOT = os.path.dirname(os.path.dirname(_HERE))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from adder_mm.ops import adder2d, ext_info, set_cpu_isa  # noqa: E402
+from adder_mm.ops import (adder2d, adder2d_int8, ext_info,  # noqa: E402
+                          set_cpu_isa)
 
 _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
 
@@ -318,6 +331,230 @@ def bench_layer(lay, args, device, dtype):
     return res
 
 
+# ------------------------------------------------------------- INT8 mode
+_INT8_FLAGS = ('avx2', 'avx512bw', 'avx512_vnni', 'avx_vnni', 'amx_tile',
+               'amx_int8')
+
+
+def cpu_isa_flags():
+    """The flags of /proc/cpuinfo that decide the INT8 kernels (present
+    ones, in a fixed order); [] where the file is missing."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            m = re.search(r'^flags\s*:\s*(.*)$', f.read(), re.M)
+    except OSError:
+        return []
+    have = set(m.group(1).split()) if m else set()
+    return [f for f in _INT8_FLAGS if f in have]
+
+
+def onednn_impl(fn):
+    """The oneDNN implementation fn() runs (e.g.
+    ``brg_conv_fwd:avx512_core_vnni``), read from oneDNN's verbose log
+    (stdout at the file-descriptor level); None where no oneDNN primitive
+    ran (FBGEMM) or the log could not be read."""
+    import tempfile
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile(mode='w+') as f:
+            os.dup2(f.fileno(), 1)
+            try:
+                with torch.backends.mkldnn.verbose(
+                        torch.backends.mkldnn.VERBOSE_ON):
+                    fn()
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+            f.seek(0)
+            log = f.read()
+    except (OSError, RuntimeError):
+        return None
+    finally:
+        os.close(saved)
+    m = re.search(r'primitive,exec,cpu,convolution,([^,]+),', log)
+    return m.group(1) if m else None
+
+
+def _rounds(fns, repeat, warmup):
+    """CPU seconds of each call, the functions alternating call by call
+    (see interleaved_times); per function a list of `repeat` samples."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def _common_grid(x, w):
+    """One uint8 grid covering x and w: (scale, zero_point)."""
+    lo = min(float(x.min()), float(w.min()), 0.0)
+    hi = max(float(x.max()), float(w.max()), 0.0)
+    scale = max(hi - lo, 1e-8) / 255
+    return scale, int(round(-lo / scale))
+
+
+def bench_int8_layer(lay, args):
+    """One layer in INT8 mode: times of the four ops and their ratios.
+
+    The integer adder's input and weight share one grid (an adder needs
+    that: |qx - qw| is a distance only on one scale); its fused epilogue
+    dequantizes to float32 (out_scale = grid scale, out_bias = 0). Torch's
+    INT8 conv gets the same input quantized per tensor and its weight
+    quantized symmetric per tensor (qint8), as post-training quantization
+    makes them. Checks once that the INT8 adder equals the float adder on
+    the dequantized tensors.
+    """
+    n, c, h, w, o, k = (lay[x] for x in ('N', 'C', 'H', 'W', 'O', 'k'))
+    s, p = lay['stride'], lay['pad']
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen).relu()
+    wt = torch.randn(o, c, k, k, generator=gen)
+    cl = torch.channels_last
+    scale, zp = _common_grid(x, wt)
+    qx = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
+    qx = qx.contiguous(memory_format=cl)
+    qw = torch.quantize_per_tensor(wt, scale, zp, torch.quint8).int_repr()
+    qx8 = qx.int_repr()  # uint8, channels_last
+    out_scale = torch.full((o, ), scale)
+    out_bias = torch.zeros(o)
+    qconv = torch.ao.nn.quantized.Conv2d(c, o, k, s, p, bias=False)
+    w_scale = float(wt.abs().max()) / 127
+    qconv.set_weight_bias(
+        torch.quantize_per_tensor(wt, w_scale, 0, torch.qint8), None)
+    with torch.no_grad():
+        y = F.conv2d(x, wt, None, s, p)
+    lo, hi = float(y.min()), float(y.max())
+    qconv.scale = max(hi - lo, 1e-8) / 255
+    qconv.zero_point = int(round(-lo / qconv.scale))
+
+    def int8_adder():
+        return adder2d_int8(qx8, qw, s, p, 1, 1, zp, out_scale, out_bias)
+
+    with torch.no_grad():
+        ref = adder2d(qx.dequantize(), (qw.float() - zp) * scale, None, s, p)
+    # float32 sums of K terms against exact integer sums
+    torch.testing.assert_close(int8_adder(), ref, rtol=1e-4, atol=1e-3)
+
+    fns = [int8_adder, lambda: adder2d(x, wt, None, s, p),
+           lambda: qconv(qx), lambda: F.conv2d(x, wt, None, s, p)]
+    with torch.no_grad():
+        ti, tf, tq, tc = _rounds(fns, args.repeat, args.warmup)
+    res = dict(lay)
+    for name, t in (('int8_adder', ti), ('fp32_adder', tf),
+                    ('int8_conv', tq), ('fp32_conv', tc)):
+        res[f'{name}_ms'] = 1e3 * statistics.median(t)
+    res['fp32_adder_over_int8_adder'] = statistics.median(
+        b / a for a, b in zip(ti, tf))
+    res['int8_adder_over_int8_conv'] = statistics.median(
+        a / b for a, b in zip(ti, tq))
+    res['int8_conv_over_fp32_conv'] = statistics.median(
+        a / b for a, b in zip(tq, tc))
+    return res
+
+
+_INT8_RATIOS = ('fp32_adder_over_int8_adder', 'int8_adder_over_int8_conv',
+                'int8_conv_over_fp32_conv')
+
+
+def int8_markdown_table(results):
+    head = ('| suite | layer | N,C,HxW -> O, k/s | int8 adder ms '
+            '| fp32 adder ms | int8 conv ms | fp32 conv ms '
+            '| fp32 adder / int8 adder | int8 adder / int8 conv |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for r in results:
+        shape = (f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
+                 f"{r['k']}/{r['stride']}")
+        lines.append(
+            f"| {r['suite']} | {r['name']} | {shape} "
+            f"| {_ms(r['int8_adder_ms'])} | {_ms(r['fp32_adder_ms'])} "
+            f"| {_ms(r['int8_conv_ms'])} | {_ms(r['fp32_conv_ms'])} "
+            f"| {_fmt(r['fp32_adder_over_int8_adder'])} "
+            f"| {_fmt(r['int8_adder_over_int8_conv'])} |")
+    return '\n'.join(lines)
+
+
+def int8_summary(results):
+    """Median, min and max over layers of each ratio: all layers, and per
+    suite (key suffix _resnet20 / _resnet50)."""
+    out = {}
+    suites = sorted({r['suite'] for r in results})
+    for key in _INT8_RATIOS:
+        for suite in [None] + suites:
+            vals = [r[key] for r in results
+                    if suite is None or r['suite'] == suite]
+            if vals:
+                name = key if suite is None else f'{key}_{suite}'
+                out[name] = dict(median=statistics.median(vals),
+                                 min=min(vals), max=max(vals),
+                                 count=len(vals))
+    return out
+
+
+def main_int8(args, suites, wanted):
+    torch.backends.quantized.engine = 'x86'
+    env = environment('cpu')
+    env['cpu_flags'] = cpu_isa_flags()
+    results = []
+    for suite in suites:
+        layers = resnet20_layers() if suite == 'resnet20' else resnet50_layers()
+        for lay in layers:
+            if wanted and lay['name'] not in wanted:
+                continue
+            if 'int8_conv_impl' not in env:
+                env['int8_conv_impl'] = _first_qconv_impl(lay)
+                print(_int8_header(env, args), flush=True)
+            r = bench_int8_layer(lay, args)
+            r['suite'] = suite
+            results.append(r)
+            print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
+                  f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
+                  f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
+                  f"{_ms(r['fp32_adder_ms'])} (x{_fmt(r['fp32_adder_over_int8_adder'])}"
+                  f" slower), int8 conv {_ms(r['int8_conv_ms'])} (int8 "
+                  f"adder/int8 conv x{_fmt(r['int8_adder_over_int8_conv'])})",
+                  flush=True)
+    summ = int8_summary(results)
+    table = int8_markdown_table(results)
+    print('\n' + table + '\n')
+    for key, v in summ.items():
+        print(f"{key}: median {v['median']:.2f} (min {v['min']:.2f}, "
+              f"max {v['max']:.2f}, n={v['count']})")
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(env=env, args=vars(args), layers=results,
+                           summary=summ), f, indent=1)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(_int8_header(env, args) + '\n\n' + table + '\n')
+    return results
+
+
+def _first_qconv_impl(lay):
+    """oneDNN kernel of torch's INT8 conv on a small copy of this layer."""
+    c, o, k, s, p = (lay[x] for x in ('C', 'O', 'k', 'stride', 'pad'))
+    x = torch.rand(1, c, max(lay['H'], k), max(lay['W'], k))
+    qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8).contiguous(
+        memory_format=torch.channels_last)
+    m = torch.ao.nn.quantized.Conv2d(c, o, k, s, p, bias=False)
+    m.set_weight_bias(torch.quantize_per_tensor(
+        torch.randn(o, c, k, k), 0.05, 0, torch.qint8), None)
+    m(qx)  # oneDNN prints a primitive's first creation and every run
+    return onednn_impl(lambda: m(qx)) or 'not oneDNN (FBGEMM?)'
+
+
+def _int8_header(env, args):
+    return (f"# INT8 mode: {env['cpu']} ({' '.join(env['cpu_flags']) or '-'})"
+            f", torch {env['torch']}, {env['threads']} threads; adder "
+            f"kernels {env['ext']['cpu_isa']}; torch int8 conv (x86 engine) "
+            f"{env['int8_conv_impl']}")
+
+
 # ------------------------------------------------------------ model step
 def bench_model_step(args, device, dtype):
     import torch.nn as nn
@@ -523,6 +760,10 @@ def parse_args(argv=None):
     parser.add_argument('--cpu-isa', choices=['generic', 'avx2', 'avx512'],
                         help='cap the CPU kernels at this instruction-set '
                         'level (default: the best this CPU has)')
+    parser.add_argument('--int8', action='store_true',
+                        help='CPU: time the integer adder (adder2d_int8, '
+                        'fused dequantization) against the float32 adder, '
+                        'PyTorch\'s INT8 conv and float32 conv instead')
     parser.add_argument('--layers', default=None,
                         help='comma-separated layer names to run (default all)')
     parser.add_argument('--out', help='write results as JSON')
@@ -532,13 +773,16 @@ def parse_args(argv=None):
         parser.error('--repeat must be >= 1 and --warmup >= 0')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be >= 1')
+    if args.int8 and args.device != 'cpu':
+        parser.error('--int8 is CPU only (adder2d_int8 has no CUDA kernel)')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if (args.device == 'cpu' and _MMAP_ENV not in os.environ
-            and sys.platform.startswith('linux') and argv is None):
+            and sys.platform.startswith('linux') and argv is None
+            and not args.int8):
         # Fixed mmap threshold: freed large blocks leave the resident set.
         os.environ[_MMAP_ENV] = str(128 * 1024)
         os.execv(sys.executable, [sys.executable] + sys.argv)
@@ -558,6 +802,8 @@ def main(argv=None):
     suites = (['resnet20', 'resnet50'] if args.suite == 'all' else
               [args.suite])
     wanted = set(args.layers.split(',')) if args.layers else None
+    if args.int8:
+        return main_int8(args, suites, wanted)
     env = environment(device)
     print(f"# {env['cpu'] if device == 'cpu' else env.get('gpu')}, "
           f"torch {env['torch']}, {env['threads']} threads, {args.dtype}, "

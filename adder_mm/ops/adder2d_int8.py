@@ -1,0 +1,285 @@
+"""adder2d_int8: the integer adder layer of quantized AdderNets (torch only).
+
+    S[n,o,h,w] = sum_{c in group(o), i, j} |qx_pad[n,c,h*s0+i*d0,w*s1+j*d1]
+                                            - qw[o,c,i,j]|
+
+on uint8 input and weight of one quantization grid (padding taps read
+``pad_value``, the grid's quantized 0.0). The compiled CPU kernel sums byte
+absolute differences with ``vpsadbw`` (AVX-512BW / AVX2) or portable C++;
+sums are exact int32, so every path equals the reference bit for bit. With
+``out_scale`` the dequantization ``out_bias[o] - out_scale[o] * S`` is fused
+into the kernel (one fma, float32 out). No autograd (inference op).
+"""
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .ext_loader import load_ext
+
+# Largest filter length K = C/groups * kh * kw whose sums fit in int32.
+MAX_K = (2**31 - 1) // 255
+# Elements of one [o, p, K] int16 temporary of the reference; 2**22 = 8 MiB.
+_CHUNK_ELEMS = 1 << 22
+
+_fakes_registered = False
+
+
+def _register_fake_kernels():
+    """Shape-only kernels of torch.ops.adder_mm.adder2d_int8 (and .out), so
+    torch.compile and torch.export trace through it without a graph break.
+    Output as the CPU kernel makes it: channels_last."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake('adder_mm::adder2d_int8')
+    def _(qx, qw, stride, padding, dilation, groups, pad_value, out_scale,
+          out_bias):
+        shape = _out_shape(qx, qw, stride, padding, dilation)
+        dtype = torch.int32 if out_scale is None else torch.float32
+        return torch.empty(shape, dtype=dtype, device=qx.device,
+                           memory_format=torch.channels_last)
+
+    @torch.library.register_fake('adder_mm::adder2d_int8.out')
+    def _(qx, qw, stride, padding, dilation, groups, pad_value, out_scale,
+          out_bias, *, out):
+        return None
+
+
+def _load_op():
+    """The compiled op's overloads (default, out), or None without the
+    extension. Runs at import (see the end of this module)."""
+    if load_ext() is None:
+        return None
+    _register_fake_kernels()
+    op = torch.ops.adder_mm.adder2d_int8
+    return op.default, op.out
+
+
+def _out_shape(qx, qw, stride, padding, dilation):
+    hw = (reference.out_size(qx.shape[2 + i], qw.shape[2 + i],
+                             stride[i % len(stride)],
+                             padding[i % len(padding)],
+                             dilation[i % len(dilation)]) for i in range(2))
+    return (qx.shape[0], qw.shape[0], *hw)
+
+
+def _check_args(qx, qw, stride, padding, dilation, groups, pad_value,
+                out_scale, out_bias):
+    """Validate adder2d_int8 arguments; returns (stride, padding, dilation)
+    pairs. Every message names the argument at fault."""
+    for name, t in (('qx', qx), ('qw', qw)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'adder2d_int8: {name} must be a torch.Tensor, '
+                            f'got {type(t).__name__}')
+        if t.dtype != torch.uint8:
+            raise TypeError(f'adder2d_int8: {name} must be uint8 (quantized '
+                            f'bytes), got {t.dtype}')
+    if qx.dim() != 4:
+        raise ValueError('adder2d_int8: qx must be 4-D [N, C, H, W], got '
+                         f'shape {tuple(qx.shape)}')
+    if qw.dim() != 4:
+        raise ValueError('adder2d_int8: qw must be 4-D [O, C/groups, kh, '
+                         f'kw], got shape {tuple(qw.shape)}')
+    if qx.device != qw.device:
+        raise ValueError(f'adder2d_int8: qx is on {qx.device} but qw is on '
+                         f'{qw.device}')
+    stride = reference._pair(stride, 'stride')
+    padding = reference._pair(padding, 'padding')
+    dilation = reference._pair(dilation, 'dilation')
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError('adder2d_int8: groups must be a positive int, got '
+                         f'{groups!r}')
+    if min(stride) < 1:
+        raise ValueError(f'adder2d_int8: stride must be positive, got {stride}')
+    if min(dilation) < 1:
+        raise ValueError('adder2d_int8: dilation must be positive, got '
+                         f'{dilation}')
+    if min(padding) < 0:
+        raise ValueError('adder2d_int8: padding must be non-negative, got '
+                         f'{padding}')
+    if (not isinstance(pad_value, int) or isinstance(pad_value, bool)
+            or not 0 <= pad_value <= 255):
+        raise ValueError('adder2d_int8: pad_value must be an int in 0..255 '
+                         f'(the grid\'s quantized 0.0), got {pad_value!r}')
+    c, o = qx.shape[1], qw.shape[0]
+    if c % groups or o % groups:
+        raise ValueError(f'adder2d_int8: groups={groups} must divide both '
+                         f'input channels ({c}) and output channels ({o})')
+    if qw.shape[1] * groups != c:
+        raise ValueError(
+            f'adder2d_int8: qx has {c} channels but qw expects '
+            f'{qw.shape[1] * groups} (qw.shape[1]={qw.shape[1]} x '
+            f'groups={groups})')
+    kh, kw = qw.shape[2:]
+    if kh < 1 or kw < 1:
+        raise ValueError(f'adder2d_int8: empty kernel {(kh, kw)}')
+    k = qw.shape[1] * kh * kw
+    if k > MAX_K:
+        raise ValueError(
+            f'adder2d_int8: filter length K = C/groups x kh x kw = {k} '
+            f'exceeds {MAX_K}, above which K * 255 overflows the int32 sums')
+    span_h = dilation[0] * (kh - 1) + 1
+    span_w = dilation[1] * (kw - 1) + 1
+    ph, pw = qx.shape[2] + 2 * padding[0], qx.shape[3] + 2 * padding[1]
+    if span_h > ph or span_w > pw:
+        raise ValueError(
+            f'adder2d_int8: kernel {kh}x{kw} (dilated extent '
+            f'{span_h}x{span_w}) is larger than the padded input {ph}x{pw}')
+    if out_scale is None and out_bias is not None:
+        raise ValueError('adder2d_int8: out_bias is given without out_scale')
+    for name, t in (('out_scale', out_scale), ('out_bias', out_bias)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (o, ):
+            raise ValueError(
+                f'adder2d_int8: {name} must be a tensor of shape ({o},), got '
+                f'{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}')
+        if t.dtype != torch.float32:
+            raise TypeError(f'adder2d_int8: {name} must be float32, got '
+                            f'{t.dtype}')
+        if t.device != qx.device:
+            raise ValueError(f'adder2d_int8: {name} is on {t.device} but qx '
+                             f'is on {qx.device}')
+    return stride, padding, dilation
+
+
+def adder2d_int8(qx, qw, stride=1, padding=0, dilation=1, groups=1,
+                 pad_value=0, out_scale=None, out_bias=None):
+    """Integer adder layer: sums of byte absolute differences.
+
+    Args:
+        qx (Tensor): uint8 [N, C, H, W], any memory format (channels_last
+            is the fast path; others are converted inside).
+        qw (Tensor): uint8 [O, C/groups, kh, kw] on the grid of qx (stored
+            channels_last, its per-call repacking is a plain copy).
+        stride, padding, dilation (int or pair): as in F.conv2d.
+        groups (int): as in F.conv2d.
+        pad_value (int): 0..255, the byte padding taps read (the grid's
+            quantized 0.0).
+        out_scale (Tensor, optional): float32 [O]; fuses the
+            dequantization: the result is ``out_bias - out_scale * S``.
+        out_bias (Tensor, optional): float32 [O] (None: 0); only with
+            out_scale.
+
+    Returns:
+        Tensor: [N, O, Ho, Wo] (Ho, Wo as for conv2d): int32 S >= 0, or
+        float32 with out_scale (computed as one fma of float32(S)). The
+        compiled CPU kernel returns it channels_last; other devices (the
+        reference, also the path without the extension) contiguous.
+    """
+    stride, padding, dilation = _check_args(qx, qw, stride, padding,
+                                            dilation, groups, pad_value,
+                                            out_scale, out_bias)
+    if _ops is None or qx.device.type not in ('cpu', 'meta'):
+        return _reference(qx, qw, stride, padding, dilation, groups,
+                          pad_value, out_scale, out_bias)
+    return _ops[0](qx, qw, list(stride), list(padding), list(dilation),
+                   groups, pad_value, out_scale, out_bias)
+
+
+def _adder2d_int8_into(out, qx, qw, stride=1, padding=0, dilation=1,
+                       groups=1, pad_value=0, out_scale=None, out_bias=None):
+    """adder2d_int8 writing into ``out`` (channels_last, int32 or float32,
+    the result's shape): for tests that fill ``out`` with a poison value
+    first, to see that the kernel writes every element. CPU, compiled."""
+    stride, padding, dilation = _check_args(qx, qw, stride, padding,
+                                            dilation, groups, pad_value,
+                                            out_scale, out_bias)
+    if _ops is None:
+        raise RuntimeError('adder2d_int8: adder_mm._ext is not built')
+    _ops[1](qx, qw, list(stride), list(padding), list(dilation), groups,
+            pad_value, out_scale, out_bias, out=out)
+    return out
+
+
+def adder2d_int8_reference(qx, qw, stride=1, padding=0, dilation=1, groups=1,
+                           pad_value=0, out_scale=None, out_bias=None):
+    """adder2d_int8 in plain PyTorch integer arithmetic, on any device.
+
+    Same arguments and result as :func:`adder2d_int8` (contiguous output).
+    Windows of the padded input are a view (``Tensor.unfold``); sums of
+    int16 differences in int32, chunked over positions and output channels
+    so no temporary exceeds about 8 MiB. The tests' oracle, the fallback
+    without the extension and the path on CUDA. With out_scale the result
+    is float32(float64(bias) - float64(scale) * float32(S)): equal to the
+    kernel's single fma except where the float64 rounding lands exactly on
+    a float32 tie (within 1 ulp always).
+    """
+    stride, padding, dilation = _check_args(qx, qw, stride, padding,
+                                            dilation, groups, pad_value,
+                                            out_scale, out_bias)
+    return _reference(qx, qw, stride, padding, dilation, groups, pad_value,
+                      out_scale, out_bias)
+
+
+def _blocks(n, ho, wo, k, budget):
+    """Slices (images, rows, columns) of the output positions, in order,
+    each with at most max(1, budget // k) positions (whole images or whole
+    rows where they fit)."""
+    per = max(1, budget // max(1, k))
+    if ho * wo <= per:
+        step = per // (ho * wo)
+        for n0 in range(0, n, step):
+            yield slice(n0, min(n, n0 + step)), slice(0, ho), slice(0, wo)
+    elif wo <= per:
+        step = per // wo
+        for i in range(n):
+            for r0 in range(0, ho, step):
+                yield slice(i, i + 1), slice(r0, min(ho, r0 + step)), \
+                    slice(0, wo)
+    else:
+        for i in range(n):
+            for r in range(ho):
+                for c0 in range(0, wo, per):
+                    yield slice(i, i + 1), slice(r, r + 1), \
+                        slice(c0, min(wo, c0 + per))
+
+
+def _reference(qx, qw, stride, padding, dilation, groups, pad_value,
+               out_scale, out_bias):
+    s = _sums(qx, qw, stride, padding, dilation, groups, pad_value)
+    if out_scale is None:
+        return s
+    # float32(S) as the kernel converts it, then the affine map in float64.
+    bias = (torch.zeros_like(out_scale) if out_bias is None else out_bias)
+    r = (bias.double().view(1, -1, 1, 1) -
+         out_scale.double().view(1, -1, 1, 1) * s.float().double())
+    return r.float()
+
+
+def _sums(qx, qw, stride, padding, dilation, groups, pad_value):
+    n, c, _, _ = qx.shape
+    o, cg, kh, kw = qw.shape
+    ho, wo = _out_shape(qx, qw, stride, padding, dilation)[2:]
+    out = torch.empty((n, o, ho, wo), dtype=torch.int32, device=qx.device)
+    if out.numel() == 0:
+        return out
+    xp = F.pad(qx, (padding[1], padding[1], padding[0], padding[0]),
+               value=pad_value)
+    span_h = dilation[0] * (kh - 1) + 1
+    span_w = dilation[1] * (kw - 1) + 1
+    # [N, C, Ho, Wo, kh, kw] view: the window of every output position.
+    win = xp.unfold(2, span_h, stride[0]).unfold(3, span_w, stride[1])
+    win = win[..., ::dilation[0], ::dilation[1]]
+    og, k = o // groups, cg * kh * kw
+    for g in range(groups):
+        wg = qw[g * og:(g + 1) * og].reshape(og, k).to(torch.int16)
+        xg = win[:, g * cg:(g + 1) * cg]
+        for bn, br, bc in _blocks(n, ho, wo, k, _CHUNK_ELEMS):
+            # [P, K] in (c, i, j) order, as the weight rows
+            xs = xg[bn, :, br, bc].permute(0, 2, 3, 1, 4, 5)
+            shape = xs.shape[:3]
+            xs = xs.reshape(-1, k).to(torch.int16)
+            oc = max(1, min(og, _CHUNK_ELEMS // (xs.shape[0] * k)))
+            for o0 in range(0, og, oc):
+                o1 = min(og, o0 + oc)
+                d = (xs.unsqueeze(0) - wg[o0:o1].unsqueeze(1)).abs_()
+                sums = d.sum(2, dtype=torch.int32)  # [o, P]
+                out[bn, g * og + o0:g * og + o1, br, bc] = \
+                    sums.view(o1 - o0, *shape).permute(1, 0, 2, 3)
+    return out
+
+
+_ops = _load_op()

@@ -1,0 +1,288 @@
+// CPU driver of adder2d_int8: input layout, weight packing, threads.
+//
+// - The input is read as NHWC bytes (converted once where it is not
+//   channels_last). A position whose taps all lie inside the image is read
+//   straight from it: where C/groups is a multiple of 8, every 8-byte piece
+//   of K lies inside one tap, piece k of position q at base(q) + koff[k].
+//   The other positions of a chunk (on the padding border, or all where
+//   C/groups is not a multiple of 8) are im2col'ed into rows of K bytes
+//   (padding taps = pad_value, K padded to 8 with zeros, as are the
+//   weights: |0 - 0| adds nothing). Tiles take either kind, never both
+//   (one koff table per tile), and write each position's output row
+//   wherever it is, so only true border positions pay for the copy.
+// - Weights are packed per call into [group][O-block][K/8][nob][8], on the
+//   calling thread: the call then has one parallel region, whose barrier is
+//   the only place threads wait for each other (on a loaded machine each
+//   extra region can cost a scheduler time slice).
+// - Tasks are (group, chunk of positions over all images); per chunk, for
+//   each panel of O-blocks (weights L2-resident), each tile of positions
+//   runs the panel's blocks, writing stretches of its NHWC output rows.
+//   Each task writes its own rows. Integer sums are exact: any split gives
+//   the same bits.
+#include "adder2d_int8_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "adder2d_int8_kernels.h"
+#include "cpu_isa.h"
+
+namespace adder_mm {
+
+namespace {
+
+using cpu::Int8KernelTable;
+using cpu::Int8Tile;
+
+// Positions per chunk: about this many bytes of K rows (the im2col buffer,
+// or the share of the input the chunk reads), L2-resident. Large enough
+// that for K = 4608 the tiles of a chunk reuse each O-block's weights
+// (147 KiB) ~16 times from L2: 128 KiB (4 tiles) left the 3x3 512-channel
+// layers 25% slower, streaming their weights from L3.
+constexpr int64_t kChunkBytes = 512 * 1024;
+// Packed weight bytes of the O-blocks one pass over a chunk's tiles uses.
+constexpr int64_t kPanelBytes = 256 * 1024;
+// Chunks per group the chunk size aims to leave at least (batch-1 calls
+// still feed every thread).
+constexpr int64_t kMinChunks = 8;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The table of the active level, read once per call.
+const Int8KernelTable& table(cpu::Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  static const Int8KernelTable avx512 = cpu::int8_avx512_table();
+  static const Int8KernelTable avx2 = cpu::int8_avx2_table();
+  if (isa >= cpu::Isa::kAvx512) return avx512;
+  if (isa >= cpu::Isa::kAvx2) return avx2;
+#endif
+  static const Int8KernelTable generic = cpu::int8_generic_table();
+  return generic;
+}
+
+// The tile shape with the least padded work for Og output channels (ties:
+// the widest, whose loads feed more vpsadbw).
+Int8KernelTable::Variant pick(const Int8KernelTable& t, int64_t Og) {
+  Int8KernelTable::Variant best = t.v[0];
+  int64_t best_pad = ceil_div(Og, best.nob) * best.nob;
+  for (int i = 1; i < t.count; ++i) {
+    const int64_t pad = ceil_div(Og, t.v[i].nob) * t.v[i].nob;
+    if (pad < best_pad) {
+      best = t.v[i];
+      best_pad = pad;
+    }
+  }
+  return best;
+}
+
+// Uninitialised scratch from the c10 CPU allocator, one 64-byte aligned
+// slice per thread; allocated on the calling thread.
+template <typename T>
+class Scratch {
+ public:
+  Scratch(int64_t per_thread, int64_t threads)
+      : stride_(((std::max<int64_t>(per_thread, 1) * sizeof(T) + 63) / 64) *
+                64 / sizeof(T)),
+        data_(c10::GetCPUAllocator()->allocate(stride_ * threads * sizeof(T))) {}
+  T* slice(int64_t thread) const {
+    return static_cast<T*>(data_.get()) + thread * stride_;
+  }
+
+ private:
+  int64_t stride_;
+  at::DataPtr data_;
+};
+
+}  // namespace
+
+void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
+                      int64_t pad_value, const float* scale,
+                      const float* bias, at::Tensor& out,
+                      const Adder2dParams& p) {
+  const Int8KernelTable& kt = table(cpu::active_isa());
+  const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
+  const int64_t KK = p.KH * p.KW, K = p.K(), L = p.L(), NL = p.N * L;
+  const int64_t K8 = ceil_div(K, 8), Kp = K8 * 8;
+  const Int8KernelTable::Variant var = pick(kt, Og);
+  const int nob = var.nob, mp = var.mp;
+  const int64_t nobk = ceil_div(Og, nob);
+
+  const at::Tensor xc = qx.contiguous(at::MemoryFormat::ChannelsLast);
+  const uint8_t* const xp = xc.data_ptr<uint8_t>();
+
+  // Byte offsets of the 8-byte pieces of K as the tiles read them: from an
+  // interior position's (0, 0) tap in the input, or along an im2col row.
+  const bool direct = Cg % 8 == 0;
+  std::vector<int64_t> koff_in(K8), koff_row(K8);
+  for (int64_t k = 0; k < K8; ++k) {
+    const int64_t t = (8 * k) / Cg, c = (8 * k) % Cg;
+    koff_in[k] =
+        ((t / p.KW) * p.dil_h * p.W + (t % p.KW) * p.dil_w) * p.C + c;
+    koff_row[k] = 8 * k;
+  }
+  const int64_t span_h = (p.KH - 1) * p.dil_h, span_w = (p.KW - 1) * p.dil_w;
+
+  // Weight rows in (kh, kw, c) order (a view when qw is channels_last),
+  // packed as [G][nobk][K8][nob][8], zero past K and past Og.
+  const at::Tensor wr = qw.permute({0, 2, 3, 1}).contiguous();
+  const uint8_t* const wrp = wr.data_ptr<uint8_t>();
+  const int64_t wblk = K8 * nob * 8;
+  Scratch<uint8_t> wpk_(G * nobk * wblk, 1);
+  uint8_t* const wpk = wpk_.slice(0);
+  for (int64_t gb = 0; gb < G * nobk; ++gb) {
+    const int64_t g = gb / nobk, ob = gb % nobk;
+    uint8_t* dst = wpk + gb * wblk;
+    for (int c = 0; c < nob; ++c) {
+      const int64_t o = ob * nob + c;
+      const uint8_t* row = wrp + (g * Og + o) * K;
+      for (int64_t k = 0; k < K8; ++k) {
+        uint8_t* d = dst + (k * nob + c) * 8;
+        if (o < Og && 8 * k + 8 <= K) {
+          std::memcpy(d, row + 8 * k, 8);
+        } else {
+          for (int64_t i = 0; i < 8; ++i)
+            d[i] = (o < Og && 8 * k + i < K) ? row[8 * k + i] : 0;
+        }
+      }
+    }
+  }
+
+  // Scale and bias per group, padded to whole blocks.
+  std::vector<float> sc, bi;
+  if (scale != nullptr) {
+    sc.assign(G * nobk * nob, 0.f);
+    bi.assign(G * nobk * nob, 0.f);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t o = 0; o < Og; ++o) {
+        sc[g * nobk * nob + o] = scale[g * Og + o];
+        bi[g * nobk * nob + o] = bias != nullptr ? bias[g * Og + o] : 0.f;
+      }
+  }
+
+  // Chunks of positions over all images: whole tiles, about kChunkBytes of
+  // im2col rows, at least kMinChunks per group where there are that many
+  // tiles.
+  const int64_t pc_cache = std::max<int64_t>(1, kChunkBytes / Kp / mp) * mp;
+  const int64_t pc_split = ceil_div(ceil_div(NL, kMinChunks), mp) * mp;
+  const int64_t PC = std::max<int64_t>(mp, std::min(pc_cache, pc_split));
+  const int64_t nchunk = ceil_div(NL, PC);
+
+  // O-blocks whose packed weights (about kPanelBytes, L2-resident) the
+  // tiles of a chunk run through position by position: a tile's outputs
+  // are then whole stretches of the NHWC rows, written once, instead of
+  // narrow columns of a chunk-sized block revisited per O-block.
+  const int64_t obs_per_panel =
+      std::max<int64_t>(1, std::min(nobk, kPanelBytes / wblk));
+
+  const int64_t nthreads = at::get_num_threads();
+  // Per thread: the chunk's positions in two lists, those read straight
+  // from the input ([0, S)) and those read from im2col rows ([S, 2S)), each
+  // padded to whole tiles.
+  const int64_t S = PC + mp;
+  Scratch<const uint8_t*> ptrs_(2 * S, nthreads);
+  Scratch<int64_t> orows_(2 * S, nthreads);
+  Scratch<uint8_t> rows_(PC * Kp, nthreads);
+  const uint8_t padb = static_cast<uint8_t>(pad_value);
+  const bool is_f32 = scale != nullptr;
+  int32_t* const yi = is_f32 ? nullptr : out.data_ptr<int32_t>();
+  float* const yf = is_f32 ? out.data_ptr<float>() : nullptr;
+  const int64_t O = p.O;
+
+  at::parallel_for(0, G * nchunk, 1, [&](int64_t begin, int64_t end) {
+    // Clamped: a call nested in another parallel region runs inline on a
+    // thread whose number may exceed this call's thread count.
+    const int64_t tid = std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+    const uint8_t** const ptrs = ptrs_.slice(tid);
+    int64_t* const orows = orows_.slice(tid);
+    uint8_t* const rows = rows_.slice(tid);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / nchunk, q0 = (task % nchunk) * PC;
+      const int64_t len = std::min(PC, NL - q0);
+      const uint8_t* const xg = xp + g * Cg;
+      int64_t n_list[2] = {0, 0};  // positions read directly / via rows
+      // (n, oh, ow) of q stepped along, not divided out per position: two
+      // divisions cost as much as a position's tiles where K and O are 64.
+      int64_t n = q0 / L, oh = (q0 % L) / p.OW, ow = (q0 % L) % p.OW;
+      for (int64_t q = q0; q < q0 + len; ++q) {
+        if (q > q0 && ++ow == p.OW) {
+          ow = 0;
+          if (++oh == p.OH) {
+            oh = 0;
+            ++n;
+          }
+        }
+        const int64_t ih0 = oh * p.stride_h - p.pad_h;
+        const int64_t iw0 = ow * p.stride_w - p.pad_w;
+        if (direct && ih0 >= 0 && ih0 + span_h < p.H && iw0 >= 0 &&
+            iw0 + span_w < p.W) {
+          ptrs[n_list[0]] = xg + ((n * p.H + ih0) * p.W + iw0) * p.C;
+          orows[n_list[0]++] = q * O;
+          continue;
+        }
+        uint8_t* row = rows + n_list[1] * Kp;
+        for (int64_t t = 0; t < KK; ++t) {
+          const int64_t ih = ih0 + (t / p.KW) * p.dil_h;
+          const int64_t iw = iw0 + (t % p.KW) * p.dil_w;
+          uint8_t* dst = row + t * Cg;
+          if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
+            const uint8_t* src = xg + ((n * p.H + ih) * p.W + iw) * p.C;
+            if (Cg % 8 == 0) {  // fixed-size copies, inlined
+              for (int64_t c = 0; c < Cg; c += 8)
+                std::memcpy(dst + c, src + c, 8);
+            } else {
+              std::memcpy(dst, src, Cg);
+            }
+          } else {
+            std::memset(dst, padb, Cg);
+          }
+        }
+        std::memset(row + K, 0, Kp - K);
+        ptrs[S + n_list[1]] = row;
+        orows[S + n_list[1]++] = q * O;
+      }
+
+      Int8Tile tile;
+      tile.k8 = K8;
+      tile.scale = tile.bias = nullptr;
+      for (int list = 0; list < 2; ++list) {
+        // Tail slots of the list's last tile read a valid position; their
+        // results are not stored.
+        const uint8_t** lp = ptrs + list * S;
+        for (int64_t i = n_list[list]; i < ceil_div(n_list[list], mp) * mp;
+             ++i)
+          lp[i] = lp[0];
+      }
+      for (int64_t ob0 = 0; ob0 < nobk; ob0 += obs_per_panel) {
+        const int64_t ob1 = std::min(nobk, ob0 + obs_per_panel);
+        for (int list = 0; list < 2; ++list) {
+          tile.koff = list == 0 ? koff_in.data() : koff_row.data();
+          for (int64_t i0 = 0; i0 < n_list[list]; i0 += mp) {
+            tile.x = ptrs + list * S + i0;
+            tile.orow = orows + list * S + i0;
+            tile.np = static_cast<int>(std::min<int64_t>(mp, n_list[list] - i0));
+            for (int64_t ob = ob0; ob < ob1; ++ob) {
+              tile.w = wpk + (g * nobk + ob) * wblk;
+              tile.no =
+                  static_cast<int>(std::min<int64_t>(nob, Og - ob * nob));
+              const int64_t oc = g * Og + ob * nob;  // first output channel
+              if (is_f32) {
+                tile.scale = sc.data() + (g * nobk + ob) * nob;
+                tile.bias = bi.data() + (g * nobk + ob) * nob;
+                tile.out_f32 = yf + oc;
+              } else {
+                tile.out_i32 = yi + oc;
+              }
+              var.fn(tile);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace adder_mm
