@@ -200,3 +200,24 @@ def test_layer_registered_without_mmpretrain(run_python):
         "    raise AssertionError('no ImportError')",
         "print('ok')",
     ])
+
+
+def test_layers_and_quantization_with_torch_alone(run_python):
+    """Without any OpenMMLab package the layers, the integer layer and
+    post-training quantization work (nothing imports MMEngine)."""
+    run_python([
+        'import sys',
+        "for name in ('mmengine', 'mmcv', 'mmpretrain'):",
+        '    sys.modules[name] = None  # not installed',
+        'import torch',
+        'from adder_mm.models.layers import AdderConv2d, QuantAdderConv2d',
+        'from adder_mm.quantization import quantize_model',
+        'net = torch.nn.Sequential(AdderConv2d(3, 4, 3, padding=1))',
+        'x = torch.randn(2, 3, 6, 6)',
+        'spec = quantize_model(net, [x], num_batches=1, bits=8)',
+        'assert isinstance(net[0], QuantAdderConv2d), net',
+        'assert net(x).shape == (2, 4, 6, 6)',
+        "assert not any(m.startswith('mmengine') and sys.modules[m]",
+        '               for m in sys.modules)',
+        "print('ok')",
+    ])

@@ -143,8 +143,9 @@ def main(argv=None):
     # random network. Costs a second read of the file.
     model = runner.model.module if hasattr(runner.model, 'module') else \
         runner.model
+    # A quantized checkpoint (tools/quantize.py) gets its integer layers.
     check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config)
+                     config=args.config, quantized='convert')
 
     import mmengine
     from mmengine.evaluator import DumpResults

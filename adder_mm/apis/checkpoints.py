@@ -122,12 +122,16 @@ def _listing(title, items, limit=8):
 
 
 def check_checkpoint(path, model, strict=True, what='checkpoint',
-                     config=None):
+                     config=None, quantized='refuse'):
     """Read ``path`` safely and compare its weights with ``model``.
 
     strict: every key and shape must match (testing, resuming). Otherwise
     (``load_from`` for fine-tuning) differences are returned for a warning,
     and only a checkpoint sharing no key with the model is an error.
+    quantized: what a quantized checkpoint (tools/quantize.py) does:
+    'convert' gives ``model`` its quantized layers first (evaluation),
+    'refuse' is an error (training), 'require' makes a float checkpoint
+    the error.
 
     Returns:
         (checkpoint dict or None for remote files, differences text).
@@ -137,6 +141,7 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
     ckpt = read_checkpoint(path, what)
     if ckpt is None:
         return None, ''
+    _quantized_layers(ckpt, path, what, model, quantized)
     state = checkpoint_state_dict(ckpt, path, what)
     missing, unexpected, shapes = compare_state_dict(state, model)
     diff = (_listing('missing in the checkpoint', missing) +
@@ -152,3 +157,26 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
             'config the checkpoint was trained with, or convert the '
             'checkpoint (tools/model_converters/)')
     return ckpt, diff
+
+
+def _quantized_layers(ckpt, path, what, model, policy):
+    from adder_mm.quantization import CalibrationError
+    from adder_mm.quantization.runner import (prepare_for_checkpoint,
+                                              quantized_spec)
+    spec = quantized_spec(ckpt)
+    if spec is None:
+        if policy == 'require':
+            raise ToolError(
+                f'{what} {path!r} is a float checkpoint; this needs a '
+                'quantized one (written by tools/quantize.py)')
+        return
+    if policy == 'refuse':
+        raise ToolError(
+            f'{what} {path!r} is a quantized checkpoint ({spec.get("bits")}-'
+            f'bit, {spec.get("method")}): it can be tested '
+            '(tools/test.py) but not trained or quantized again; use the '
+            'float checkpoint it was made from')
+    try:
+        prepare_for_checkpoint(model, ckpt)
+    except (CalibrationError, KeyError, TypeError) as e:
+        raise ToolError(f'{what} {path!r}: {e}') from None

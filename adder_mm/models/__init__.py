@@ -1,12 +1,13 @@
-"""AdderConv2d (needs MMEngine); the adder ResNets and the head (need
+"""AdderConv2d and QuantAdderConv2d (torch alone; registered into MMEngine's
+MODELS where MMEngine is installed); the adder ResNets and the head (need
 MMPretrain, which they subclass). Without MMPretrain, e.g. in an MMDetection
-or MMSegmentation environment, the layer is still registered, so
+or MMSegmentation environment, the layers are still registered, so
 ``conv_cfg=dict(type='Adder')`` works in those backbones."""
 import importlib.util
 
-from .layers import AdderConv2d
+from .layers import AdderConv2d, QuantAdderConv2d
 
-__all__ = ['AdderConv2d']
+__all__ = ['AdderConv2d', 'QuantAdderConv2d']
 
 _NEED_MMPRETRAIN = ('AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
                     'AdderResNet_CIFAR', 'LinearBNClsHead')

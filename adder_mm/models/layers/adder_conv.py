@@ -2,20 +2,19 @@
 import torch
 import torch.nn as nn
 from torch.nn.modules.utils import _pair
-from mmengine.registry import MODELS
-
 from adder_mm.ops import adder2d
+from adder_mm.utils.registry import register_model
 
 
-@MODELS.register_module('Adder')
-@MODELS.register_module()
+@register_model('Adder')
 class AdderConv2d(nn.Module):
     """Negative L1 distance between each filter and each input patch.
 
     Same arguments as ``nn.Conv2d`` (no padding_mode: zero padding only, which
-    takes part in the distance as in the paper's code). Registered in
-    MMEngine's root MODELS as ``AdderConv2d`` and ``Adder`` so that
-    ``conv_cfg=dict(type='Adder')`` works in mmcv's ``build_conv_layer``.
+    takes part in the distance as in the paper's code). Needs torch alone;
+    where MMEngine is installed it is registered in MMEngine's root MODELS
+    as ``AdderConv2d`` and ``Adder`` so that ``conv_cfg=dict(type='Adder')``
+    works in mmcv's ``build_conv_layer``.
 
     Shapes: input [N, in_channels, H, W] -> output [N, out_channels, Ho, Wo],
     with Ho, Wo as for nn.Conv2d. ``weight``: [out_channels,

@@ -1,0 +1,286 @@
+"""Post-training quantization of AdderNets: calibrate, then replace every
+AdderConv2d by a QuantAdderConv2d.
+
+Two methods (``method``):
+
+- ``'shared'`` (Wang et al. 2021): one grid per layer, shared by weights and
+  input, spanning the calibrated minimum and maximum of both.
+- ``'grouped'`` (after Nie et al. 2022, our formulation): the input range is
+  clamped at a calibrated percentile (outliers), the weights are clamped into
+  that range exactly (for x in [a, b], |x - w| = |x - clamp(w, a, b)| +
+  |w - clamp(w, a, b)|: the second term is a per-channel constant moved into
+  the bias; with a ReLU input, a = 0 and every negative weight becomes 0), and
+  the output channels are clustered by their weights' range into groups with
+  a grid each, the part of the input outside a group's grid being summed
+  exactly on the activation grid (see QuantAdderConv2d).
+"""
+import torch
+
+from adder_mm.models.layers import AdderConv2d, QuantAdderConv2d
+
+METHODS = ('shared', 'grouped')
+# Values of one layer's inputs kept for the percentile (a random sample).
+_SAMPLE = 1 << 21
+
+
+class CalibrationError(ValueError):
+    """The model or the calibration data cannot be quantized as asked."""
+
+
+def adder_layers(model):
+    """(name, module) of every AdderConv2d of ``model``."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, AdderConv2d)]
+
+
+class _InputStats:
+    """Minimum, maximum and a uniform random sample of a layer's inputs."""
+
+    def __init__(self, seed):
+        self.min, self.max, self.seen = float('inf'), float('-inf'), 0
+        self.sample = []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, module, inputs):
+        x = inputs[0].detach()
+        if x.numel() == 0:
+            return
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        flat = x.reshape(-1).float().cpu()
+        keep = min(flat.numel(), _SAMPLE // 8)
+        idx = torch.randint(flat.numel(), (keep, ), generator=self.gen)
+        self.sample.append(flat[idx])
+        self.seen += 1
+
+    def percentile(self, q):
+        values = torch.cat(self.sample)
+        if values.numel() > _SAMPLE:
+            values = values[torch.randperm(values.numel(),
+                                           generator=self.gen)[:_SAMPLE]]
+        return float(torch.quantile(values, q / 100.))
+
+
+def default_forward(model, batch):
+    """One calibration forward: MMEngine models take a data batch through
+    their data preprocessor; other modules take a tensor."""
+    if hasattr(model, 'data_preprocessor') and isinstance(batch, dict):
+        data = model.data_preprocessor(batch, False)
+        return model(**data, mode='tensor')
+    return model(batch)
+
+
+@torch.no_grad()
+def calibrate(model, batches, num_batches, forward=default_forward, seed=0):
+    """Run ``num_batches`` of ``batches`` through ``model`` (eval mode) and
+    return {layer name: input statistics} of its adder layers."""
+    layers = adder_layers(model)
+    stats = {name: _InputStats(seed + i) for i, (name, _) in
+             enumerate(layers)}
+    handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
+    was_training = model.training
+    model.eval()
+    used = 0
+    try:
+        for batch in batches:
+            if used >= num_batches:
+                break
+            forward(model, batch)
+            used += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if used == 0:
+        raise CalibrationError('quantize: the calibration data loader '
+                               'yielded no batch')
+    for name, s in stats.items():
+        if s.seen == 0:
+            raise CalibrationError(
+                f'quantize: adder layer {name} saw no input during '
+                'calibration (is it used in the forward pass?)')
+    return stats, used
+
+
+def _on_grid(lo, hi, qmax):
+    """A grid lo + scale * q (q = 0..qmax) covering [lo, hi] on which 0.0
+    is exact when it lies inside (so zero padding is exact)."""
+    scale = max(hi - lo, 1e-8) / qmax
+    if lo < 0 < hi:
+        lo = -round(-lo / scale) * scale
+    return lo, scale
+
+
+def _cluster_channels(lo, hi, k, iters=25):
+    """Cluster channels by (lo, hi) of their weights into at most k groups
+    (deterministic: initial centres at quantiles of the range width)."""
+    pts = torch.stack([lo, hi], 1).double()
+    order = torch.argsort(hi - lo)
+    k = min(k, len(pts))
+    centres = pts[order[torch.linspace(0, len(pts) - 1, k).round().long()]]
+    assign = torch.zeros(len(pts), dtype=torch.long)
+    for _ in range(iters):
+        assign = torch.cdist(pts, centres).argmin(1)
+        new = torch.stack([pts[assign == j].mean(0) if (assign == j).any()
+                           else centres[j] for j in range(k)])
+        if torch.allclose(new, centres):
+            break
+        centres = new
+    used = [j for j in range(k) if (assign == j).any()]
+    # Groups ordered by their upper bound; empty clusters dropped.
+    used.sort(key=lambda j: float(pts[assign == j, 1].max()))
+    return [torch.nonzero(assign == j).flatten() for j in used]
+
+
+def plan_layer(layer, stats, bits, method, num_groups, act_percentile):
+    """The QuantAdderConv2d for ``layer`` given its input statistics."""
+    qmax = (1 << bits) - 1
+    w = layer.weight.detach().double().cpu()
+    o = w.shape[0]
+    bias = (layer.bias.detach().double().cpu() if layer.bias is not None
+            else torch.zeros(o, dtype=torch.float64))
+    if method == 'shared':
+        lo = min(stats.min, float(w.min()), 0.)
+        hi = max(stats.max, float(w.max()), 0.)
+        lo, scale = _on_grid(lo, hi, qmax)
+        groups = [torch.arange(o)]
+        ranges = [(lo, scale)]
+        act_lo, act_hi = lo, lo + scale * qmax
+        clamped, const = w, torch.zeros(o, dtype=torch.float64)
+        rem = 0.
+    else:
+        act_hi = max(stats.percentile(act_percentile), 0.)
+        act_lo = 0. if stats.min >= 0 else min(
+            stats.percentile(100. - act_percentile), 0.)
+        act_lo, rem = _on_grid(act_lo, act_hi, qmax)
+        act_hi = act_lo + rem * qmax
+        clamped = w.clamp(act_lo, act_hi)
+        const = (w - clamped).abs().flatten(1).sum(1)
+        flat = clamped.flatten(1)
+        groups = _cluster_channels(flat.min(1).values, flat.max(1).values,
+                                   num_groups)
+        ranges = []
+        for idx in groups:
+            glo, ghi = float(flat[idx].min()), float(flat[idx].max())
+            ranges.append(_on_grid(glo, ghi, qmax))
+        # A single group spanning the activation grid needs no remainder.
+        if len(groups) == 1 and ranges[0][0] <= act_lo and \
+                ranges[0][0] + ranges[0][1] * qmax >= act_hi:
+            rem = 0.
+    q = QuantAdderConv2d(layer.in_channels, layer.out_channels,
+                         layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, bits=bits,
+                         num_groups=len(groups))
+    perm = torch.cat(groups)
+    qw = torch.empty_like(w, dtype=torch.uint8)
+    for idx, (glo, scale) in zip(groups, ranges):
+        qw[idx] = torch.round((clamped[idx] - glo) / scale).clamp(
+            0, qmax).to(torch.uint8)
+    device = layer.weight.device
+    q.qweight.copy_(qw[perm])
+    q.perm.copy_(perm)
+    q.group_sizes.copy_(torch.tensor([len(i) for i in groups]))
+    q.lo.copy_(torch.tensor([r[0] for r in ranges]))
+    q.scale.copy_(torch.tensor([r[1] for r in ranges]))
+    q.out_bias.copy_((bias - const)[perm])
+    q.act_lo.fill_(act_lo)
+    q.act_hi.fill_(act_hi)
+    q.rem_scale.fill_(rem)
+    return q.to(device)
+
+
+def _set_module(model, name, module):
+    parent, _, attr = name.rpartition('.')
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def check_bits(bits):
+    if not isinstance(bits, int) or isinstance(bits, bool) or \
+            not 2 <= bits <= 8:
+        raise CalibrationError(f'quantize: bits must be an int in 2..8 '
+                               f'(they are stored as bytes), got {bits!r}')
+
+
+def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
+                   num_groups=4, act_percentile=99.99,
+                   forward=default_forward):
+    """Post-training quantization of the adder layers of ``model``, in place.
+
+    Args:
+        model (nn.Module): with AdderConv2d layers (other layers stay
+            float: stem conv, BN, classifier).
+        batches (iterable): calibration data (e.g. a DataLoader over
+            training images with the test pipeline).
+        num_batches (int): batches of ``batches`` to calibrate on.
+        bits (int): 2..8.
+        method (str): 'shared' or 'grouped' (module docstring).
+        num_groups (int): output-channel groups per layer ('grouped').
+        act_percentile (float): upper percentile of a layer's inputs kept
+            ('grouped'; the lower one mirrors it for inputs that go
+            negative).
+        forward (callable): ``forward(model, batch)`` runs one batch.
+
+    Returns:
+        dict: the quantization spec stored in a quantized checkpoint's meta
+        (bits, method, per-layer group counts).
+
+    Raises:
+        CalibrationError: no adder layers, bad arguments, no calibration
+        data. Nothing is changed then.
+    """
+    check_bits(bits)
+    if method not in METHODS:
+        raise CalibrationError(f'quantize: method must be one of {METHODS}, '
+                               f'got {method!r}')
+    if not isinstance(num_groups, int) or num_groups < 1:
+        raise CalibrationError('quantize: num_groups must be a positive int, '
+                               f'got {num_groups!r}')
+    if not 50. < act_percentile <= 100.:
+        raise CalibrationError('quantize: act_percentile must be in (50, '
+                               f'100], got {act_percentile!r}')
+    if not isinstance(num_batches, int) or num_batches < 1:
+        raise CalibrationError('quantize: the number of calibration batches '
+                               f'must be a positive int, got {num_batches!r}')
+    layers = adder_layers(model)
+    if not layers:
+        if any(isinstance(m, QuantAdderConv2d) for m in model.modules()):
+            raise CalibrationError('quantize: the model is quantized already '
+                                   '(it has QuantAdderConv2d layers)')
+        raise CalibrationError(
+            'quantize: the model has no adder layers (AdderConv2d) to '
+            "quantize; a CNN is quantized with torch.ao ('torch-ao')")
+    stats, used = calibrate(model, batches, num_batches, forward)
+    planned = {name: plan_layer(m, stats[name], bits, method, num_groups,
+                                act_percentile) for name, m in layers}
+    for name, q in planned.items():
+        _set_module(model, name, q)
+    return dict(bits=bits, method=method, num_groups=num_groups,
+                act_percentile=act_percentile, calib_batches=used,
+                layers={name: q.num_groups for name, q in planned.items()})
+
+
+def convert_structure(model, spec):
+    """Replace the adder layers named in a quantized checkpoint's ``spec``
+    by empty QuantAdderConv2d of the recorded shape, so that the
+    checkpoint's state dict loads into ``model``.
+
+    Raises:
+        CalibrationError: a layer of the spec is not an AdderConv2d of
+        ``model`` (the checkpoint belongs to another model).
+    """
+    check_bits(spec.get('bits'))
+    modules = dict(model.named_modules())
+    missing = [n for n in spec['layers']
+               if not isinstance(modules.get(n), AdderConv2d)]
+    if missing:
+        raise CalibrationError(
+            'the quantized checkpoint names adder layers this model does not '
+            f'have: {", ".join(missing[:6])}' +
+            (' ...' if len(missing) > 6 else ''))
+    for name, groups in spec['layers'].items():
+        m = modules[name]
+        q = QuantAdderConv2d(m.in_channels, m.out_channels, m.kernel_size,
+                             m.stride, m.padding, m.dilation, m.groups,
+                             bits=spec['bits'], num_groups=int(groups))
+        _set_module(model, name, q.to(m.weight.device))
+    return model

@@ -1,0 +1,321 @@
+"""Post-training quantization: QuantAdderConv2d against float64 formulas,
+the planner's exactness where the values lie on the grids, accuracy at 8
+bits, bad input, checkpoints, and tools/quantize.py + tools/test.py on a
+trained digits model (about a minute on 2 CPU cores)."""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import adder_mm  # noqa: F401
+from adder_mm.models import AdderConv2d
+from adder_mm.models.layers import QuantAdderConv2d
+from adder_mm.ops import adder2d_reference
+from adder_mm.quantization import (CalibrationError, convert_structure,
+                                   quantize_model)
+from adder_mm.quantization.runner import save_quantized
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def sad(qx, qw, pad, stride, padding, groups):
+    """sum |qx_pad - qw| in float64, independently of adder2d_int8: the
+    float reference on bytes shifted by the padding value (so that its
+    zero padding is the byte ``pad``)."""
+    return -adder2d_reference(qx.double() - pad, qw.double() - pad, None,
+                              stride, padding, 1, groups)
+
+
+def expected_output(q, x):
+    """QuantAdderConv2d's formula, recomputed in float64 from its buffers."""
+    x = x.double().clamp(float(q.act_lo), float(q.act_hi))
+    qmax, ys, start = q.qmax, [], 0
+    for g, size in enumerate(q.group_sizes.tolist()):
+        lo, s = float(q.lo[g]), float(q.scale[g])
+        hi = lo + s * qmax
+        xq = torch.round((x.clamp(lo, hi) - lo) / s).clamp(0, qmax)
+        pad = float(torch.round(torch.tensor((min(max(0., lo), hi) - lo) /
+                                             s)).clamp(0, qmax))
+        rows = slice(start, start + size)
+        start += size
+        y = q.out_bias[rows].double().view(1, -1, 1, 1) - s * sad(
+            xq, q.qweight[rows], pad, q.stride, q.padding, q.groups)
+        rem = float(q.rem_scale)
+        if rem > 0:
+            u = (x - hi).clamp(min=0) + (lo - x).clamp(min=0)
+            uq = torch.round(u / rem).clamp(0, qmax)
+            upad = round((max(-hi, 0.) + max(lo, 0.)) / rem)
+            ones = torch.zeros(q.groups, q.in_channels // q.groups,
+                               *q.kernel_size, dtype=torch.float64)
+            r = sad(uq, ones, upad, q.stride, q.padding, q.groups)
+            per = q.out_channels // q.groups
+            y = y - rem * r[:, (q.perm[rows] // per)]
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    return y[:, torch.argsort(q.perm)]
+
+
+class Net(nn.Module):
+    """Adder layers fed by ReLU (non-negative) and by a signed input."""
+
+    def __init__(self, groups=1):
+        super().__init__()
+        self.a = AdderConv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = AdderConv2d(8, 12, 3, stride=2, padding=1, groups=groups,
+                             bias=True)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def batches(n, seed=0, shape=(4, 3, 10, 12)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+def make_net(groups=1, seed=0):
+    torch.manual_seed(seed)
+    net = Net(groups)
+    net.b.bias.data.normal_()
+    # Trained-looking BN statistics for the calibration forward in eval.
+    net.bn.running_var.fill_(30.)
+    net.bn.running_mean.fill_(-20.)
+    return net.eval()
+
+
+@pytest.mark.parametrize('method, bits, groups', [
+    ('shared', 8, 1), ('grouped', 8, 1), ('grouped', 4, 3),
+    ('grouped', 6, 12), ('shared', 4, 2)])
+def test_layer_matches_float64_formula(method, bits, groups):
+    net = make_net(groups=2 if groups == 2 else 1)
+    quantize_model(net, batches(3), num_batches=3, bits=bits, method=method,
+                   num_groups=groups)
+    assert isinstance(net.a, QuantAdderConv2d)
+    assert isinstance(net.b, QuantAdderConv2d)
+    x = batches(1, seed=5)[0] * 1.5  # also values outside the calibration
+    h = torch.relu(net.bn(net.a(x)))
+    for q, inp in ((net.a, x), (net.b, h)):
+        y = q(inp)
+        ref = expected_output(q, inp)
+        assert y.dtype == torch.float32 and y.shape == ref.shape
+        # float32 rounding of values up to ~1e3, nothing more.
+        err = (y.double() - ref).abs().max().item()
+        assert err <= 2e-6 * ref.abs().max().item() + 1e-4, err
+
+
+def test_grouped_is_exact_on_grid_values():
+    """Integer inputs 0..31 and integer weights: with 5 bits every grid
+    step is 1, so the clamps, the per-channel constants, the groups and the
+    remainder sums must reproduce the float adder exactly. Half the
+    channels span the whole range, the others are constant filters whose
+    output is all remainder."""
+    g = torch.Generator().manual_seed(1)
+    layer = AdderConv2d(4, 8, 3, padding=1, bias=True)
+    w = torch.randint(-6, 40, (8, 4, 3, 3), generator=g).float()
+    w[:4, 0, 0, 0], w[:4, 0, 0, 1] = -5., 36.  # clamped to 0 and 31
+    w[4:] = torch.tensor([3., 9., 17., 26.]).view(4, 1, 1, 1)
+    layer.weight.data.copy_(w)
+    layer.bias.data.copy_(torch.arange(8.) - 3)
+    net = nn.Sequential(layer).eval()
+    x = torch.randint(0, 32, (2, 4, 7, 6), generator=g).float()
+    x[0, 0, 0, 0] = 31.  # the calibrated maximum
+    ref = net(x)
+    quantize_model(net, [x], num_batches=1, bits=5, method='grouped',
+                   num_groups=8, act_percentile=100.)
+    q = net[0]
+    assert float(q.rem_scale) == 1. and float(q.act_hi) == 31.
+    assert q.num_groups == 5  # 4 constant filters + 1 spanning cluster
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=1e-3)
+
+
+def test_shared_is_exact_on_grid_values():
+    layer = AdderConv2d(2, 3, 3, padding=1)
+    g = torch.Generator().manual_seed(2)
+    layer.weight.data.copy_(torch.randint(-55, 201, (3, 2, 3, 3),
+                                          generator=g).float())
+    layer.weight.data[0, 0, 0, 0] = -55.
+    x = torch.randint(0, 201, (1, 2, 5, 5), generator=g).float()
+    x[0, 0, 0, 0] = 200.
+    net = nn.Sequential(layer).eval()
+    ref = net(x)
+    quantize_model(net, [x], num_batches=1, bits=8, method='shared')
+    assert float(net[0].scale[0]) == 1.  # 255 steps over [-55, 200]
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize('method', ['shared', 'grouped'])
+def test_eight_bits_close_to_float(method):
+    net = make_net()
+    x = batches(1, seed=7)[0]
+    ref = net(x)
+    quantize_model(net, batches(4), num_batches=4, bits=8, method=method)
+    y = net(x)
+    # Errors of about a grid step per term at most, in sum much smaller
+    # than one tap of |x - w| (a dropped tap would exceed this).
+    rel = ((y - ref).abs().mean() / ref.abs().mean()).item()
+    assert rel < 0.01, rel
+
+
+def test_grouped_beats_shared_at_four_bits():
+    errs = {}
+    for method in ('shared', 'grouped'):
+        net = make_net()
+        x = batches(1, seed=7)[0]
+        ref = net(x)
+        quantize_model(net, batches(4), num_batches=4, bits=4,
+                       method=method)
+        errs[method] = ((net(x) - ref) ** 2).mean().item()
+    assert errs['grouped'] < 0.5 * errs['shared'], errs
+
+
+def test_bad_input_changes_nothing():
+    net = make_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for kwargs, message in [
+            (dict(bits=9), 'bits must be an int in 2..8'),
+            (dict(bits=1), 'bits must be an int in 2..8'),
+            (dict(method='minmax'), 'method must be one of'),
+            (dict(num_groups=0), 'num_groups'),
+            (dict(act_percentile=30.), 'act_percentile'),
+            (dict(num_batches=0), 'calibration batches')]:
+        with pytest.raises(CalibrationError, match=message):
+            quantize_model(net, batches(2), **kwargs)
+    with pytest.raises(CalibrationError, match='yielded no batch'):
+        quantize_model(net, [], num_batches=2)
+    assert all(isinstance(m, AdderConv2d) for m in (net.a, net.b))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(CalibrationError, match='no adder layers'):
+        quantize_model(nn.Sequential(nn.Conv2d(3, 3, 1)), batches(1))
+    quantize_model(net, batches(1), num_batches=1)
+    with pytest.raises(CalibrationError, match='quantized already'):
+        quantize_model(net, batches(1), num_batches=1)
+
+
+def test_layer_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='bits must be 2..8'):
+        QuantAdderConv2d(3, 4, 3, bits=9)
+    with pytest.raises(ValueError, match='num_groups'):
+        QuantAdderConv2d(3, 4, 3, num_groups=5)
+    q = QuantAdderConv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=r'expected input \[N, 3'):
+        q(torch.zeros(1, 2, 5, 5))
+    with pytest.raises(TypeError, match='floating point'):
+        q(torch.zeros(1, 3, 5, 5, dtype=torch.uint8))
+
+
+def test_checkpoint_round_trip_and_atomic_save(tmp_path):
+    net = make_net()
+    spec = quantize_model(net, batches(2), num_batches=2, bits=6,
+                          method='grouped', num_groups=3)
+    path = tmp_path / 'q.pth'
+    save_quantized(net, spec, str(path))
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    fresh = convert_structure(make_net(seed=3), ckpt['meta']['quantization'])
+    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    x = batches(1, seed=9)[0]
+    torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
+    with pytest.raises(CalibrationError, match='does not have'):
+        convert_structure(nn.Sequential(nn.Conv2d(3, 8, 3)),
+                          ckpt['meta']['quantization'])
+    # A failed save leaves neither the file nor a temporary behind.
+    bad = tmp_path / 'sub'
+    bad.mkdir()
+    with pytest.raises(OSError):
+        save_quantized(net, spec, str(bad))  # a folder is in the way
+    assert sorted(os.listdir(tmp_path)) == ['q.pth', 'sub']
+
+
+# --- the tools on a trained digits model ---------------------------------
+
+ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')
+CNN_CFG = osp.join(REPO, 'configs', 'cnn_r20_digits.py')
+
+
+def tool(args):
+    return subprocess.run([sys.executable] + args, cwd=REPO,
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp('digits')
+    proc = tool([osp.join('tools', 'train.py'), ADDER_CFG, '--work-dir',
+                 str(work), '--cfg-options', 'train_cfg.max_epochs=2'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(work / 'epoch_2.pth'), work
+
+
+QUANT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method, bits', [('shared', 8), ('grouped', 4)])
+def test_quantize_tool_and_test_tool_agree(method, bits, trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / 'q.pth'
+    proc = tool([osp.join('tools', 'quantize.py'), ADDER_CFG, ckpt,
+                 '--bits', str(bits), '--method', method, '--calib-batches',
+                 '4', '--out', str(out), '--work-dir', str(tmp_path / 'w')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fl, qu = map(float, QUANT.search(proc.stdout + proc.stderr).groups())
+    assert qu > 30.0  # far above chance (10%) after 2 epochs
+    if bits == 8:
+        assert abs(qu - fl) <= 3.0
+    proc = tool([osp.join('tools', 'test.py'), ADDER_CFG, str(out),
+                 '--work-dir', str(tmp_path / 't')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = float(re.findall(r'accuracy/top1: ([\d.]+)',
+                              proc.stdout + proc.stderr)[-1])
+    assert tested == pytest.approx(qu, abs=0.006)  # printed to 2 decimals
+
+
+@pytest.mark.slow
+def test_quantize_tool_refusals(trained, tmp_path):
+    ckpt, _ = trained
+    q = tmp_path / 'q.pth'
+    proc = tool([osp.join('tools', 'quantize.py'), ADDER_CFG, ckpt,
+                 '--calib-batches', '1', '--out', str(q), '--work-dir',
+                 str(tmp_path / 'w')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = [
+        ([ADDER_CFG, str(q)], 'is a quantized checkpoint'),
+        ([CNN_CFG, ckpt], 'has no adder layers'),
+        ([ADDER_CFG, ckpt, '--bits', '9'], 'invalid choice'),
+        ([ADDER_CFG, ckpt, '--method', 'torch-ao'], 'has adder layers'),
+    ]
+    for args, message in cases:
+        proc = tool([osp.join('tools', 'quantize.py')] + args +
+                    ['--work-dir', str(tmp_path / 'w2'), '--out',
+                     str(tmp_path / 'never.pth')] *
+                    (args[-1] != 'torch-ao'))
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert message in proc.stderr, (args, proc.stderr[-2000:])
+        assert 'Traceback' not in proc.stderr
+        assert not (tmp_path / 'never.pth').exists()
+    # A float checkpoint where a quantized one is required.
+    from adder_mm.apis import ToolError, check_checkpoint
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(Config.fromfile(ADDER_CFG).model)
+    with pytest.raises(ToolError, match='is a float checkpoint'):
+        check_checkpoint(ckpt, model, quantized='require')
+
+
+@pytest.mark.slow
+def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path):
+    """PyTorch's INT8 PTQ of the CNN twin's backbone runs from the tool
+    (the adder checkpoint's weights fit the twin: same keys and shapes)."""
+    ckpt, _ = trained
+    proc = tool([osp.join('tools', 'quantize.py'), CNN_CFG, ckpt,
+                 '--method', 'torch-ao', '--calib-batches', '2',
+                 '--work-dir', str(tmp_path / 'w')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'torch-ao, 8-bit' in proc.stdout + proc.stderr

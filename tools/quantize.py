@@ -1,0 +1,129 @@
+"""Post-training quantization of a trained AdderNet from its config.
+
+    python tools/quantize.py configs/adder_r20_digits.py CKPT.pth \\
+        --bits 8 --method shared --calib-batches 8 --out Q.pth
+    python tools/test.py configs/adder_r20_digits.py Q.pth
+
+Evaluates the float model on the config's test set, calibrates on
+``--calib-batches`` batches of its training images (test pipeline), replaces
+every adder layer by an integer QuantAdderConv2d (``--method shared``: one
+grid per layer for weights and input; ``grouped``: clamped ranges and a grid
+per group of output channels, see adder_mm/quantization/ptq.py), evaluates
+again and prints float vs quantized top-1. ``--out`` saves the quantized
+checkpoint, which tools/test.py evaluates like any other. Stem conv, BN and
+classifier stay float. ``--method torch-ao`` applies PyTorch's own INT8
+post-training quantization (x86 engine) to a CNN's backbone instead: the
+reference point for the CNN twins (nothing is saved).
+"""
+import argparse
+import os.path as osp
+import sys
+
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:  # run from anywhere without an install
+    sys.path.insert(0, _ROOT)
+
+from adder_mm.apis import (ToolError, apply_cfg_options,  # noqa: E402
+                           build_runner, check_checkpoint, check_config_path,
+                           run_tool)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(
+        description='Post-training quantization of an AdderNet')
+    parser.add_argument('config', help='the config the model was trained with')
+    parser.add_argument('checkpoint', help='float checkpoint')
+    parser.add_argument('--bits', type=int, default=8,
+                        choices=range(2, 9), metavar='{2..8}',
+                        help='bits of weights and inputs (default 8)')
+    parser.add_argument('--method', default='shared',
+                        choices=['shared', 'grouped', 'torch-ao'])
+    parser.add_argument('--groups', type=int, default=4,
+                        help='output-channel groups per layer (grouped)')
+    parser.add_argument('--act-percentile', type=float, default=99.99,
+                        help='input clamp percentile (grouped)')
+    parser.add_argument('--calib-batches', type=int, default=8,
+                        help='training batches to calibrate on')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the calibration batches\' order')
+    parser.add_argument('--out', help='save the quantized checkpoint here')
+    parser.add_argument('--work-dir', help='logs (default work_dirs/'
+                        '<config>_quant)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, key=value')
+    args = parser.parse_args(argv)
+    check_config_path(parser, args.config)
+    if args.calib_batches < 1:
+        parser.error('--calib-batches must be >= 1')
+    if args.groups < 1:
+        parser.error('--groups must be >= 1')
+    if not 50 < args.act_percentile <= 100:
+        parser.error('--act-percentile must be in (50, 100]')
+    if args.method == 'torch-ao' and args.bits != 8:
+        parser.error("--method torch-ao is PyTorch's INT8 quantization: "
+                     '--bits 8')
+    if args.method == 'torch-ao' and args.out:
+        parser.error('--method torch-ao evaluates only (its packed weights '
+                     'do not load with the safe loader); drop --out')
+    return args
+
+
+def merge_args(cfg, args):
+    cfg.launcher = 'none'
+    cfg.work_dir = args.work_dir or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0] + '_quant')
+    cfg.load_from = args.checkpoint
+    return apply_cfg_options(cfg, args.cfg_options)
+
+
+def top1(metrics):
+    for key, value in metrics.items():
+        if key.endswith('top1'):
+            return value
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runner = build_runner(args, merge_args, ('train_dataloader',
+                                             'test_dataloader'))
+    model = runner.model.module if hasattr(runner.model, 'module') else \
+        runner.model
+    check_checkpoint(args.checkpoint, model, strict=True,
+                     config=args.config, quantized='refuse')
+    from adder_mm.quantization import CalibrationError, quantize_model
+    from adder_mm.quantization.runner import (calibration_loader,
+                                              save_quantized,
+                                              torch_ao_quantize_backbone)
+
+    float_metrics = runner.test()
+    try:
+        loader = calibration_loader(runner.cfg, seed=args.seed)
+        if args.method == 'torch-ao':
+            spec = torch_ao_quantize_backbone(model, loader,
+                                              args.calib_batches)
+        else:
+            spec = quantize_model(
+                model, loader, num_batches=args.calib_batches, bits=args.bits,
+                method=args.method, num_groups=args.groups,
+                act_percentile=args.act_percentile)
+    except CalibrationError as e:
+        raise ToolError(str(e)) from None
+    quant_metrics = runner.test()
+    if args.out:
+        save_quantized(model, spec, args.out, extra_meta=dict(
+            float_checkpoint=args.checkpoint, config=args.config,
+            float_metrics=float_metrics, quant_metrics=quant_metrics))
+    f, q = top1(float_metrics), top1(quant_metrics)
+    runner.logger.info(
+        f'quantized {args.config} ({spec["method"]}, {spec["bits"]}-bit, '
+        f'{spec["calib_batches"]} calibration batches): top-1 float '
+        f'{f:.2f}, quantized {q:.2f} ({q - f:+.2f})' +
+        (f'; saved {args.out}' if args.out else ''))
+    return float_metrics, quant_metrics, spec
+
+
+if __name__ == '__main__':
+    run_tool(main, prog=osp.basename(__file__))
