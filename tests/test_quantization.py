@@ -319,3 +319,29 @@ def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path):
                  '--work-dir', str(tmp_path / 'w')])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'torch-ao, 8-bit' in proc.stdout + proc.stderr
+
+
+def test_op_counter_prices_quantized_ops_at_their_precision():
+    from adder_mm.utils.op_counter import count_ops, load_energy_table
+    net = make_net()
+    x = batches(1)[0][:1]
+    float_ops = count_ops(net, x)
+    quantize_model(net, batches(2), num_batches=2, bits=6, method='grouped',
+                   num_groups=3)
+    ops = count_ops(net, x)
+    kinds = [layer.kind for layer in ops.layers]
+    assert kinds == ['qadder', 'qadder']
+    a = ops.layers[0]
+    terms = a.outputs * a.terms  # K per output element
+    assert a.fixed['add@int8'] == terms
+    assert a.fixed['add@int32'] >= terms
+    assert a.fixed['mult@fp32'] >= a.outputs  # dequantization
+    table = load_energy_table()
+    fixed = ops.totals()['fixed']
+    expected = sum(n * table[key.split('@')[1]][key.split('@')[0]]
+                   for key, n in fixed.items())
+    # Every op of these layers carries its precision: the float row asked
+    # for does not change the energy.
+    for bits in ('fp32', 'fp16'):
+        assert ops.energy_pj(bits, table) == pytest.approx(expected)
+    assert expected < 0.5 * float_ops.energy_pj('fp32', table)

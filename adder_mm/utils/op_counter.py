@@ -14,6 +14,13 @@ output element, with ``K = in_channels / groups * prod(kernel_size)``
   operations, reported in ``abs_ops`` and given no energy.
 * a bias adds one addition per output element (``bias_adds``, included in
   ``adds``).
+* quantized adder layer (QuantAdderConv2d, ``b``-bit): per output element
+  ``K`` b-bit subtractions (priced as int8 adds), ``K`` int32
+  accumulations and the dequantization (one fp32 multiply and add); per
+  input element and group, the input's quantization (one fp32 add and
+  multiply); per output position and group with a remainder, ``K`` int32
+  accumulations of its weight-free window sum. These ops carry their own
+  precision; float layers use the ``bits`` row asked for.
 
 BatchNorm, activations, pooling and residual additions are not counted (the
 paper counts convolution layers only; BN folds into the preceding layer at
@@ -31,7 +38,7 @@ from collections import Counter, OrderedDict
 
 import torch.nn as nn
 
-from adder_mm.models import AdderConv2d
+from adder_mm.models import AdderConv2d, QuantAdderConv2d
 
 #: pJ per addition and per multiplication at 45 nm (Horowitz, ISSCC 2014).
 ENERGY_45NM_PJ = OrderedDict([
@@ -44,8 +51,12 @@ ENERGY_45NM_PJ = OrderedDict([
 CONVENTION = (
     'per output element, K = Cin/groups*kh*kw (Linear: in_features): '
     'conv/linear = K mults + K adds; adder = 2K adds (K subtractions + K '
-    'accumulations) + K abs (sign-bit ops, no energy); bias = 1 add. '
-    'Counted: AdderConv2d, nn.ConvNd (not transposed), nn.Linear. '
+    'accumulations) + K abs (sign-bit ops, no energy); bias = 1 add; '
+    'quantized adder = K int8 subtractions + K int32 accumulations + 1 fp32 '
+    'mult + 1 fp32 add (dequantization), input quantization 1 fp32 mult + '
+    '1 fp32 add per input element and group. '
+    'Counted: AdderConv2d, QuantAdderConv2d, nn.ConvNd (not transposed), '
+    'nn.Linear. '
     'Not counted: BN, activations, pooling, residual adds.')
 
 _COUNT_KEYS = ('mults', 'adds', 'bias_adds', 'abs_ops')
@@ -86,17 +97,32 @@ def load_energy_table(table=None):
 
 
 def _energy_pj(counts, bits, table):
+    """Energy of counts: ``mults``/``adds`` at the ``bits`` row, except the
+    ops of ``counts['fixed']`` ({'op@precision': n}), which carry their own
+    precision (quantized layers) and are part of mults/adds."""
     if bits not in table:
         raise ValueError(f'unknown bits {bits!r}; the energy table has '
                          f'{sorted(table)}')
     e = table[bits]
-    return counts['mults'] * e['mult'] + counts['adds'] * e['add']
+    fixed = counts.get('fixed') or {}
+    energy = 0.
+    mults, adds = counts['mults'], counts['adds']
+    for key, n in fixed.items():
+        op, prec = key.split('@')
+        energy += n * table[prec][op]
+        if op == 'mult':
+            mults -= n
+        else:
+            adds -= n
+    return energy + mults * e['mult'] + adds * e['add']
 
 
 def _layer_kind(module):
-    """'adder', 'conv', 'linear' or None (not counted)."""
+    """'adder', 'qadder', 'conv', 'linear' or None (not counted)."""
     if isinstance(module, AdderConv2d):
         return 'adder'
+    if isinstance(module, QuantAdderConv2d):
+        return 'qadder'
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
         return 'conv'
     if isinstance(module, nn.Linear):
@@ -143,6 +169,11 @@ class LayerOps:
         self.input_shape = self.output_shape = None
         self.outputs = 0
         self.mults = self.adds = self.bias_adds = self.abs_ops = 0
+        self.fixed = Counter()  # 'op@precision' -> count (quantized ops)
+        if self.kind == 'qadder':
+            self.num_groups = module.num_groups
+            self.remainder = float(module.rem_scale) > 0
+            self.conv_groups = module.groups
 
     def record(self, inputs, output):
         x, y = _first_tensor(inputs), _first_tensor(output)
@@ -155,6 +186,19 @@ class LayerOps:
         if self.kind == 'adder':
             self.adds += 2 * terms + bias
             self.abs_ops += terms
+        elif self.kind == 'qadder':
+            n_in = math.prod(x.shape)
+            positions = n_out // y.shape[1] * self.conv_groups
+            window = (positions * self.terms * self.num_groups
+                      if self.remainder else 0)
+            add = Counter({'add@int8': terms, 'add@int32': terms + window,
+                           'add@fp32': n_out + n_in * self.num_groups,
+                           'mult@fp32': n_out + n_in * self.num_groups})
+            self.fixed.update(add)
+            self.adds += sum(v for k, v in add.items() if k.startswith('add'))
+            self.mults += add['mult@fp32']
+            self.abs_ops += terms
+            bias = 0  # folded into the dequantization
         else:
             self.mults += terms
             self.adds += terms + bias
@@ -165,7 +209,10 @@ class LayerOps:
         self.output_shape = tuple(y.shape)
 
     def counts(self):
-        return {k: getattr(self, k) for k in _COUNT_KEYS}
+        c = {k: getattr(self, k) for k in _COUNT_KEYS}
+        if self.fixed:
+            c['fixed'] = dict(self.fixed)
+        return c
 
     def to_dict(self, bits='fp32', table=None):
         table = load_energy_table() if table is None else table
@@ -186,22 +233,30 @@ class ModelOps:
         self.layers = list(layers)
         self.uncounted = dict(uncounted)
 
-    def totals(self):
-        """Sums of mults, adds, bias_adds, abs_ops over all layers."""
+    @staticmethod
+    def _sum(layers):
         out = {k: 0 for k in _COUNT_KEYS}
-        for layer in self.layers:
+        fixed = Counter()
+        for layer in layers:
             for k in _COUNT_KEYS:
                 out[k] += getattr(layer, k)
+            fixed.update(layer.fixed)
+        if fixed:
+            out['fixed'] = dict(fixed)
         return out
 
+    def totals(self):
+        """Sums of mults, adds, bias_adds, abs_ops over all layers (and of
+        the quantized layers' ops by precision, ``fixed``)."""
+        return self._sum(self.layers)
+
     def totals_by_kind(self):
-        """{'adder'|'conv'|'linear': totals} for the kinds present."""
-        out = OrderedDict()
+        """{'adder'|'qadder'|'conv'|'linear': totals} for the kinds
+        present."""
+        kinds = OrderedDict()
         for layer in self.layers:
-            acc = out.setdefault(layer.kind, {k: 0 for k in _COUNT_KEYS})
-            for k in _COUNT_KEYS:
-                acc[k] += getattr(layer, k)
-        return out
+            kinds.setdefault(layer.kind, []).append(layer)
+        return OrderedDict((k, self._sum(v)) for k, v in kinds.items())
 
     def by_group(self, depth=2):
         """Totals per group of layers sharing the first ``depth`` name parts
@@ -210,13 +265,11 @@ class ModelOps:
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f'group depth must be a positive int, got '
                              f'{depth!r}')
-        out = OrderedDict()
+        groups = OrderedDict()
         for layer in self.layers:
             key = '.'.join(layer.name.split('.')[:depth]) or '<model>'
-            acc = out.setdefault(key, {k: 0 for k in _COUNT_KEYS})
-            for k in _COUNT_KEYS:
-                acc[k] += getattr(layer, k)
-        return out
+            groups.setdefault(key, []).append(layer)
+        return OrderedDict((k, self._sum(v)) for k, v in groups.items())
 
     def energy_pj(self, bits='fp32', table=None):
         """Energy of the forward pass in pJ (mults and adds; abs is free)."""

@@ -2,8 +2,8 @@
 
     python tools/analysis_tools/count_ops.py CONFIG [--shape H W]
         [--compare OTHER_CONFIG] [--bits {fp32,fp16,int32,int8}]
-        [--energy TABLE.json] [--work-dir DIR] [--out [FILE.json]]
-        [--plot [FILE.png]]
+        [--energy TABLE.json] [--quantized Q.pth] [--work-dir DIR]
+        [--out [FILE.json]] [--plot [FILE.png]] [--markdown [FILE.md]]
 
 Builds the model of CONFIG, runs one forward pass on a [1, C, H, W] input
 with hooks on every AdderConv2d, convolution and Linear layer (backbone, neck
@@ -13,6 +13,10 @@ against the other config (usually the CNN twin). Conventions: see
 adder_mm/utils/op_counter.py. ``--out`` and ``--plot`` without a file name
 write ops.json / ops.png into the work dir (default
 work_dirs/count_ops/<config name>), never into the current folder.
+``--quantized Q.pth`` (a checkpoint of tools/quantize.py) also counts the
+quantized model, whose integer ops are priced at their own precision
+(int8 subtractions, int32 accumulations), next to the float model and
+``--compare``; ``--markdown`` writes that energy table.
 """
 import argparse
 import copy
@@ -24,7 +28,7 @@ import warnings
 import torch
 from mmengine.config import DictAction
 
-from adder_mm.utils.op_counter import (CONVENTION, count_ops,
+from adder_mm.utils.op_counter import (CONVENTION, _energy_pj, count_ops,
                                        load_energy_table)
 
 # Transforms whose size argument fixes the network input, and that argument.
@@ -57,6 +61,13 @@ def parse_args(argv=None):
                         help='JSON {bits: {"add": pJ, "mult": pJ}} '
                         'overriding/extending the 45 nm table')
     parser.add_argument(
+        '--quantized', default=None,
+        help='a quantized checkpoint of CONFIG (tools/quantize.py): count '
+        'the quantized model too')
+    parser.add_argument('--markdown', nargs='?', const='', default=None,
+                        help='write the energy table as markdown (default: '
+                        '<work-dir>/energy.md)')
+    parser.add_argument(
         '--work-dir', default=None,
         help='where --out/--plot without a file name write (default '
         'work_dirs/count_ops/<config name>)')
@@ -86,6 +97,8 @@ def parse_args(argv=None):
         args.out = osp.join(work_dir, 'ops.json')
     if args.plot == '':
         args.plot = osp.join(work_dir, 'ops.png')
+    if args.markdown == '':
+        args.markdown = osp.join(work_dir, 'energy.md')
     if args.shape is not None:
         if len(args.shape) == 1:
             args.shape = args.shape * 2
@@ -95,7 +108,8 @@ def parse_args(argv=None):
     if args.channels is not None and args.channels < 1:
         parser.error(f'--channels must be positive, got {args.channels}')
     for flag, path in (('config', args.config), ('--compare', args.compare),
-                       ('--energy', args.energy)):
+                       ('--energy', args.energy),
+                       ('--quantized', args.quantized)):
         if path is not None and not osp.isfile(path):
             parser.error(f'{flag}: no such file {path!r}')
     try:
@@ -185,10 +199,26 @@ def run_count(model, shape, channels, device):
         return count_ops(model, x, forward=forward)
 
 
+def quantize_structure(model, path):
+    """Load a quantized checkpoint of tools/quantize.py into ``model``
+    (its adder layers become the checkpoint's QuantAdderConv2d)."""
+    from adder_mm.apis import check_checkpoint
+    ckpt, _ = check_checkpoint(path, model, strict=True,
+                               what='--quantized checkpoint',
+                               quantized='require')
+    model.load_state_dict(ckpt['state_dict'], strict=True)
+    return ckpt['meta']['quantization']
+
+
 def count_config(config, shape=None, channels=None, device='meta',
-                 cfg_options=None):
-    """Count a config; returns a dict with the ModelOps and its input."""
+                 cfg_options=None, quantized=None):
+    """Count a config (with ``quantized``: its quantized checkpoint);
+    returns a dict with the ModelOps and its input."""
     model, cfg = load_model(config, cfg_options)
+    spec = None
+    if quantized:
+        spec = quantize_structure(model, quantized)
+        device = 'cpu'  # the integer layers read their grids
     if shape is None:
         h, w, src = infer_shape(cfg)
     else:
@@ -206,8 +236,10 @@ def count_config(config, shape=None, channels=None, device='meta',
         model, _ = load_model(config, cfg_options)
         dev = 'cpu'
         ops = run_count(model, (h, w), c, dev)
-    return dict(config=config, input_shape=[1, c, h, w], shape_source=src,
-                device=dev, ops=ops)
+    name = config if spec is None else (
+        f'{config} [{spec["method"]} {spec["bits"]}-bit]')
+    return dict(config=name, input_shape=[1, c, h, w], shape_source=src,
+                device=dev, ops=ops, quantization=spec)
 
 
 def fmt(n):
@@ -250,13 +282,13 @@ def report(result, bits, table, group_depth, per_layer=True):
                 layer.name, layer.kind,
                 'x'.join(map(str, layer.output_shape[1:])), layer.terms,
                 fmt(c['mults']), fmt(c['adds']), fmt(c['abs_ops']),
-                fmt_energy(c['mults'] * e['mult'] + c['adds'] * e['add'])
+                fmt_energy(_energy_pj(c, bits, table))
             ])
         out.append(_table(['layer', 'kind', 'output', 'K', 'mults', 'adds',
                            'abs', f'energy {bits}'], rows))
     rows = []
     for key, c in ops.by_group(group_depth).items():
-        energy = c['mults'] * e['mult'] + c['adds'] * e['add']
+        energy = _energy_pj(c, bits, table)
         rows.append([key, fmt(c['mults']), fmt(c['adds']), fmt(c['abs_ops']),
                      fmt_energy(energy)])
     t = ops.totals()
@@ -274,6 +306,20 @@ def report(result, bits, table, group_depth, per_layer=True):
     out.append('not counted (ran, excluded): ' + (', '.join(
         f'{k} x{v}' for k, v in sorted(ops.uncounted.items())) or 'none'))
     return '\n'.join(out)
+
+
+def energy_table(results, bits, table):
+    """Markdown: mults, adds and energy of each counted model, and its
+    saving against the last one (the CNN twin with --compare)."""
+    last = results[-1]['ops'].energy_pj(bits, table)
+    lines = ['| model | mults | adds | energy | vs ' +
+             osp.basename(results[-1]['config']) + ' |', '|---|---|---|---|---|']
+    for r in results:
+        t, e = r['ops'].totals(), r['ops'].energy_pj(bits, table)
+        lines.append(f'| {osp.basename(r["config"])} | {fmt(t["mults"])} | '
+                     f'{fmt(t["adds"])} | {fmt_energy(e)} | '
+                     f'{last / e:.2f}x less |' if e else '| - |')
+    return '\n'.join(lines)
 
 
 def compare(a, b, bits, table):
@@ -330,6 +376,11 @@ def main(argv=None):
     args = parse_args(argv)
     results = [count_config(args.config, args.shape, args.channels,
                             args.device, args.cfg_options)]
+    if args.quantized:
+        results.insert(0, count_config(
+            args.config, tuple(results[0]['input_shape'][2:]),
+            results[0]['input_shape'][1], 'cpu', args.cfg_options,
+            quantized=args.quantized))
     if args.compare:
         # Same input as the first model, so the two counts are comparable.
         shape = tuple(results[0]['input_shape'][2:])
@@ -345,9 +396,20 @@ def main(argv=None):
           f'{e["mult"]} pJ; abs (sign bit) not counted as energy')
     print(f'convention: {CONVENTION}')
     summary = None
+    if len(results) > 2 or args.markdown:
+        text = energy_table(results, args.bits, args.table)
+        print('\n' + text)
+        if args.markdown:
+            os.makedirs(osp.dirname(osp.abspath(args.markdown)),
+                        exist_ok=True)
+            with open(args.markdown, 'w') as f:
+                f.write(f'Energy of one forward pass at 45 nm (Horowitz, '
+                        f'ISSCC 2014; float layers at {args.bits}), written '
+                        f'by tools/analysis_tools/count_ops.py.\n\n{text}\n')
+            print(f'wrote {args.markdown}')
     if args.compare:
-        summary = compare(results[0], results[1], args.bits, args.table)
-        print(f'\n{results[0]["config"]} vs {results[1]["config"]} '
+        summary = compare(results[-2], results[-1], args.bits, args.table)
+        print(f'\n{results[-2]["config"]} vs {results[-1]["config"]} '
               f'({args.bits}): mults {fmt(summary["mults"])} vs '
               f'{fmt(summary["mults_other"])}, adds {fmt(summary["adds"])} '
               f'vs {fmt(summary["adds_other"])}, energy '
