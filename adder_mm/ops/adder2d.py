@@ -88,51 +88,6 @@ def _register_fake_kernels():
             ops.adder2d_backward_weight.default)
 
 
-def _grad_weight(grad_out, x, w, stride, padding, dilation, groups):
-    """gW = conv2d weight-gradient(X, G) - W * sum_{n,h,w} G, exact: the
-    vendor weight gradient counts zero padding as the adder does. Used
-    without compiled kernels (the compiled op computes the same)."""
-    _, gw, _ = torch.ops.aten.convolution_backward(
-        grad_out, x, w, None, list(stride), list(padding), list(dilation),
-        False, [0, 0], groups, [False, True, False])
-    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
-    gsum = grad_out.sum(dim=(0, 2, 3), dtype=acc)
-    return (gw.to(acc) - w.to(acc) * gsum.view(-1, 1, 1, 1)).to(w.dtype)
-
-
-class Adder2dFunction(torch.autograd.Function):
-    """adder2d's autograd in Python over the pure-PyTorch formulas: the path
-    for devices and dtypes without a compiled kernel. (With one, adder2d
-    calls torch.ops.adder_mm.adder2d, whose autograd is in C++.)"""
-
-    @staticmethod
-    def forward(ctx, x, w, b, stride, padding, dilation, groups):
-        x = x.contiguous()
-        w = w.contiguous()
-        out = reference.forward(x, w, stride, padding, dilation, groups)
-        if b is not None:
-            out = out + b.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, dilation, groups)
-        ctx.has_bias = b is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        g = g.contiguous()
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = reference.grad_input(g, x, w, stride, padding, dilation,
-                                      groups)
-        if ctx.needs_input_grad[1]:
-            gw = _grad_weight(g, x, w, stride, padding, dilation, groups)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None, None, None, None
-
-
 def _check_args(x, w, b, stride, padding, dilation, groups):
     """Validate adder2d arguments; returns (stride, padding, dilation) pairs."""
     for name, t in (('input', x), ('weight', w)):
@@ -226,7 +181,7 @@ def adder2d(input, weight, bias=None, stride=1, padding=0, dilation=1,
     channels_last = (input.dim() == 4 and not input.is_contiguous()
                      and input.is_contiguous(memory_format=torch.channels_last))
     ops = _ops_for(input)
-    layer = Adder2dFunction.apply if ops is None else ops[0]
+    layer = reference.Adder2dFunction.apply if ops is None else ops[0]
     if autocast:
         with torch.autocast(input.device.type, enabled=False):
             out = layer(input, weight, bias, stride, padding, dilation,
@@ -243,15 +198,13 @@ def adder2d_reference(input, weight, bias=None, stride=1, padding=0,
     """adder2d in plain PyTorch, gradients from the paper's formulas.
 
     Same arguments and result as :func:`adder2d`; chunked so it never holds a
-    [O, K, N*Ho*Wo] temporary in full. The fallback and the tests' oracle.
+    [O, K, N*Ho*Wo] temporary in full. adder2d's fallback (the same
+    autograd Function) and the tests' oracle.
     """
     stride, padding, dilation = _check_args(input, weight, bias, stride,
                                             padding, dilation, groups)
-    out = reference.Adder2dReferenceFunction.apply(input, weight, stride,
-                                                   padding, dilation, groups)
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
+    return reference.Adder2dFunction.apply(input, weight, bias, stride,
+                                           padding, dilation, groups)
 
 
 _load_ops()

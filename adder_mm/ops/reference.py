@@ -126,22 +126,33 @@ def grad_input(grad_out, x, w, stride, padding, dilation, groups):
                   padding=padding, stride=stride)
 
 
-class Adder2dReferenceFunction(torch.autograd.Function):
-    """Autograd of the reference: gradients straight from the formulas."""
+class Adder2dFunction(torch.autograd.Function):
+    """adder2d's autograd in Python, every part from the paper's formulas:
+    the path without a compiled kernel for the device and dtype (and
+    without the extension), and the tests' oracle. (With a compiled kernel,
+    adder2d is torch.ops.adder_mm.adder2d, whose autograd is in C++.)
+
+    apply(x, w, bias or None, stride, padding, dilation, groups) with
+    checked arguments (stride/padding/dilation pairs)."""
 
     @staticmethod
-    def forward(ctx, x, w, stride, padding, dilation, groups):
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
+        x, w = x.contiguous(), w.contiguous()
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
-        return forward(x, w, stride, padding, dilation, groups)
+        ctx.has_bias = b is not None
+        out = forward(x, w, stride, padding, dilation, groups)
+        return out if b is None else out + b.view(1, -1, 1, 1)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         g = g.contiguous()
-        gx = gw = None
+        gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = grad_input(g, x, w, *ctx.conf)
         if ctx.needs_input_grad[1]:
             gw = grad_weight(g, x, w, *ctx.conf)
-        return gx, gw, None, None, None, None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(dim=(0, 2, 3))
+        return gx, gw, gb, None, None, None, None
