@@ -2,11 +2,11 @@
 
 Needs a GPU and adder_mm._ext built with CUDA; skips otherwise (the reason
 names ext_info()). One test needs no GPU: it runs the kernels' per-thread code
-on the host (csrc/pytorch/cuda/adder2d_cuda_emulate.cpp) with a C++ compiler.
+on the host (tests/csrc/adder2d_cuda_emulate.cpp) with a C++ compiler.
 
-Imports only torch and adder_mm.ops, so it runs on a GPU machine without
-OpenMMLab; without pytest too: ``python tests/test_ops_cuda.py`` runs every
-test in a plain loop and exits non-zero on a failure.
+Imports only torch, pytest and adder_mm.ops, so it runs on a GPU machine
+without OpenMMLab: ``python -m pytest --noconftest tests/test_ops_cuda.py``
+(tools/gpu_check.sh does).
 
 Runtime: about 15 s on a 2-core CPU machine (the host emulation; the rest
 skips); a few seconds on an H100.
@@ -17,17 +17,12 @@ import os.path as osp
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 
+import pytest
 import torch
 
 from adder_mm.ops import adder2d, adder2d_reference, ext_info
-
-try:
-    import pytest
-except ImportError:  # plain runner below
-    pytest = None
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 _INFO = ext_info()
@@ -38,28 +33,14 @@ _NO_KERNELS = not _INFO['cuda']
 _TILES = ('0', '1', '2', '3')
 
 
-def _skipif(condition, reason):
-    """pytest.mark.skipif that the plain runner understands as well."""
-
-    def deco(fn):
-        if condition:
-            fn.plain_skip = reason
-        if pytest is not None:
-            fn = pytest.mark.skipif(condition, reason=reason)(fn)
-        return fn
-
-    return deco
-
-
 def requires_cuda(fn):
-    fn = _skipif(_NO_KERNELS,
-                 'adder_mm._ext has no CUDA kernels (ext_info() = '
-                 f'{_INFO}); build with FORCE_CUDA=1')(fn)
-    fn = _skipif(_NO_GPU, 'needs a CUDA GPU (torch.cuda.is_available() is '
-                 'False)')(fn)
-    if pytest is not None:
-        fn = pytest.mark.cuda(fn)
-    return fn
+    fn = pytest.mark.skipif(
+        _NO_KERNELS, reason='adder_mm._ext has no CUDA kernels (ext_info() = '
+        f'{_INFO}); build with FORCE_CUDA=1')(fn)
+    fn = pytest.mark.skipif(
+        _NO_GPU, reason='needs a CUDA GPU (torch.cuda.is_available() is '
+        'False)')(fn)
+    return pytest.mark.cuda(fn)
 
 
 @contextlib.contextmanager
@@ -214,13 +195,13 @@ def _cxx():
     return shutil.which(os.environ.get('CXX', 'g++')) or shutil.which('c++')
 
 
-@_skipif(_cxx() is None, 'no C++ compiler (g++ / c++ / $CXX) on PATH')
+@pytest.mark.skipif(_cxx() is None,
+                    reason='no C++ compiler (g++ / c++ / $CXX) on PATH')
 def test_tile_logic_host_emulation():
     """The kernels' per-thread code, stepped on the host, matches the
     formulas for every tile shape (tiling, strides classes, padding, tails,
     double-buffer hazards)."""
-    src = osp.join(ROOT, 'csrc', 'pytorch', 'cuda',
-                   'adder2d_cuda_emulate.cpp')
+    src = osp.join(ROOT, 'tests', 'csrc', 'adder2d_cuda_emulate.cpp')
     with tempfile.TemporaryDirectory() as tmp:
         exe = osp.join(tmp, 'emulate')
         build = subprocess.run(
@@ -369,9 +350,7 @@ def test_more_than_2_31_elements():
     if free < need:
         msg = (f'needs {need / 2**30:.1f} GiB free on the GPU, has '
                f'{free / 2**30:.1f}')
-        if pytest is not None:
-            pytest.skip(msg)
-        raise _Skip(msg)
+        pytest.skip(msg)
     x = torch.empty(1, 1, 1 << 15, numel >> 15, dtype=torch.float16,
                     device='cuda')
     x.uniform_(-2, 2)
@@ -408,37 +387,3 @@ def test_current_stream_and_device_guard():
         out = adder2d(x.to(dev), w.to(dev), b.to(dev), **_conf(c))
         assert out.device == dev
         assert torch.equal(out.cpu(), want[0].cpu())
-
-
-# ---- plain runner (no pytest on the GPU machine) ----------------------------
-
-
-class _Skip(Exception):
-    pass
-
-
-def _main():
-    tests = [(k, v) for k, v in sorted(globals().items())
-             if k.startswith('test_') and callable(v)]
-    failed = 0
-    for name, fn in tests:
-        reason = getattr(fn, 'plain_skip', None)
-        if reason:
-            print(f'SKIP {name}: {reason}')
-            continue
-        try:
-            fn()
-        except _Skip as e:
-            print(f'SKIP {name}: {e}')
-        except Exception as e:  # report every failure, then exit non-zero
-            failed += 1
-            print(f'FAIL {name}: {type(e).__name__}: {e}')
-        else:
-            print(f'PASS {name}')
-    print(f'{len(tests) - failed}/{len(tests)} passed or skipped, '
-          f'{failed} failed')
-    return 1 if failed else 0
-
-
-if __name__ == '__main__':
-    sys.exit(_main())

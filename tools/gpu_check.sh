@@ -101,14 +101,10 @@ print(info)
 assert info['cuda'], 'adder_mm._ext has no CUDA kernels'
 "
 
-# ---- CUDA tests (pytest when importable, else the file's plain runner) --------
-if $PY -c 'import pytest' 2>/dev/null; then
-  # --noconftest: this file needs no shared fixture; torch alone suffices.
-  step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
-    --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
-else
-  step tests 150 bash -c "set -o pipefail; $PY tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
-fi
+# ---- CUDA tests ---------------------------------------------------------------
+# --noconftest: this file needs no shared fixture; torch and pytest suffice.
+step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
+  --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
 
 # ---- benchmark (runs even when a test failed) ----------------------------------
 LEFT=$(seconds_left)

@@ -3,7 +3,7 @@
 //
 // The same code runs in the CUDA kernels (csrc/pytorch/cuda/adder2d_cuda.cu,
 // one `Thread` per CUDA thread, `__syncthreads()` between phases) and in a
-// host emulation (csrc/pytorch/cuda/adder2d_cuda_emulate.cpp, every thread of
+// host emulation (tests/csrc/adder2d_cuda_emulate.cpp, every thread of
 // a block stepped in turn), so tiling, index math and the double-buffered
 // pipeline are checked on a CPU-only machine.
 //

@@ -2,7 +2,7 @@
 // outputs that read each pixel (gather form: no atomics).
 //
 // The per-thread work lives in csrc/common/adder2d_cuda_tile.cuh (shared with
-// a host emulation, adder2d_cuda_emulate.cpp); this file picks a tile shape,
+// a host emulation, tests/csrc/adder2d_cuda_emulate.cpp); this file picks a tile shape,
 // prepares the transposed weight and launches on the current stream. See
 // docs/kernel_notes_cuda.md.
 #include "adder2d_cuda_launch.cuh"

@@ -1,7 +1,7 @@
 // CUDA forward of adder2d: Y = -sum |X_patch - W| (+ bias in the dispatcher).
 //
 // The per-thread work lives in csrc/common/adder2d_cuda_tile.cuh (shared with
-// a host emulation, adder2d_cuda_emulate.cpp); this file picks a tile shape,
+// a host emulation, tests/csrc/adder2d_cuda_emulate.cpp); this file picks a tile shape,
 // prepares the transposed weight and launches on the current stream. See
 // docs/kernel_notes_cuda.md.
 #include "adder2d_cuda_launch.cuh"
