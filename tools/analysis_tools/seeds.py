@@ -106,11 +106,12 @@ def markdown(results, env, metric):
              'training time (median) |', '|---|---|---|---|---|---|']
     for config, rows in results.items():
         s = summarise(rows)
+        seeds = ', '.join(str(r['seed']) for r in rows)
+        values = ' / '.join(f'{r["value"]:.2f}' for r in rows)
         lines.append(
-            f'| {osp.basename(config)} | {rows[0]["epochs"]} | '
-            f'{", ".join(str(r["seed"]) for r in rows)} | '
-            f'{" / ".join(f"{r["value"]:.2f}" for r in rows)} | '
-            f'{s["mean"]:.2f} +- {s["std"]:.2f} | {s["train_s_median"]} s |')
+            f'| {osp.basename(config)} | {rows[0]["epochs"]} | {seeds} | '
+            f'{values} | {s["mean"]:.2f} +- {s["std"]:.2f} | '
+            f'{s["train_s_median"]} s |')
     return '\n'.join(lines)
 
 
