@@ -1,15 +1,17 @@
 """Operation counter (adder_mm.utils.op_counter) and its CLI
 (tools/analysis_tools/count_ops.py). Forward passes run on meta tensors or
 tiny CPU inputs; about 20 s on 2 CPU cores."""
-import importlib.util
 import json
 import os.path as osp
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 
+from adder_mm.apis.op_count import count_config
 from adder_mm.models import AdderConv2d
 from adder_mm.utils.op_counter import (ADDER_JIT_OPS, ENERGY_45NM_PJ,
                                        adder_flop_jit, count_ops,
@@ -20,12 +22,12 @@ ADDER_CFG = osp.join(ROOT, 'configs', 'adder_r20_digits.py')
 CNN_CFG = osp.join(ROOT, 'configs', 'cnn_r20_digits.py')
 
 
-def _load_tool():
-    path = osp.join(ROOT, 'tools', 'analysis_tools', 'count_ops.py')
-    spec = importlib.util.spec_from_file_location('count_ops_tool', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'count_ops.py')
+
+
+def run_tool(argv):
+    return subprocess.run([sys.executable, TOOL] + argv, capture_output=True,
+                          text=True, timeout=600)
 
 
 class Tiny(nn.Module):
@@ -227,12 +229,12 @@ def test_energy_table_validation(tmp_path):
         count_ops(lambda x: x, torch.zeros(1))
 
 
-def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, capsys):
-    tool = _load_tool()
+def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path):
     out, png = tmp_path / 'ops.json', tmp_path / 'ops.png'
-    tool.main([ADDER_CFG, '--compare', CNN_CFG, '--bits', 'fp16', '--out',
-               str(out), '--plot', str(png)])
-    text = capsys.readouterr().out
+    proc = run_tool([ADDER_CFG, '--compare', CNN_CFG, '--bits', 'fp16',
+                     '--out', str(out), '--plot', str(png)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
     assert 'TOTAL' in text and 'not counted' in text and 'saving' in text
     doc = json.loads(out.read_text())
     adder, cnn = doc['models']
@@ -254,25 +256,23 @@ def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, capsys):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
     # The default meta-tensor pass counts what a real CPU pass counts.
-    meta = tool.count_config(ADDER_CFG, (8, 8), device='meta')
-    cpu = tool.count_config(ADDER_CFG, (8, 8), device='cpu')
+    meta = count_config(ADDER_CFG, (8, 8), device='meta')
+    cpu = count_config(ADDER_CFG, (8, 8), device='cpu')
     assert meta['device'] == 'meta' and cpu['device'] == 'cpu'
     assert ([layer.to_dict() for layer in meta['ops'].layers] ==
             [layer.to_dict() for layer in cpu['ops'].layers])
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    tool = _load_tool()
-    for argv in ([ADDER_CFG, '--bits', 'int4'],
-                 [ADDER_CFG, '--shape', '1', '2', '3'],
-                 [str(tmp_path / 'missing.py')],
-                 [ADDER_CFG, '--compare', str(tmp_path / 'nope.py')]):
-        with pytest.raises(SystemExit):
-            tool.parse_args(argv)
-    args = tool.parse_args([ADDER_CFG, '--shape', '16', '--cfg-options',
-                            'model.backbone.depth=32'])
-    assert args.shape == [16, 16]
-    res = tool.count_config(ADDER_CFG, args.shape,
-                            cfg_options=args.cfg_options)
+    for argv, message in (
+            ([ADDER_CFG, '--bits', 'int4'], 'not in the energy table'),
+            ([ADDER_CFG, '--shape', '1', '2', '3'], '--shape takes H W'),
+            ([str(tmp_path / 'missing.py')], 'no such file'),
+            ([ADDER_CFG, '--compare', str(tmp_path / 'nope.py')],
+             'no such file')):
+        proc = run_tool(argv)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    res = count_config(ADDER_CFG, (16, 16),
+                       cfg_options={'model.backbone.depth': 32})
     n_adder = sum(layer.kind == 'adder' for layer in res['ops'].layers)
     assert n_adder == 6 * 5 + 2
