@@ -5,7 +5,8 @@ Environment variables:
     FORCE_CUDA=1          build the CUDA kernels even when no GPU is visible
                           (needs a CUDA build of torch and nvcc).
     TORCH_CUDA_ARCH_LIST  CUDA archs to build, default "7.0;8.0;9.0+PTX"
-                          ("7.5;8.0;9.0+PTX" with CUDA >= 13, which has no sm_70).
+                          ("7.5;8.0;9.0+PTX" with CUDA >= 13, which has no
+                          sm_70).
     CUDA_HOME             the CUDA toolkit; found from nvcc when unset.
     MAX_JOBS              parallel compile jobs (ninja).
 """
@@ -62,7 +63,8 @@ def find_cuda_home():
         if c and osp.isfile(osp.join(c, 'bin', 'nvcc')) and (
                 glob.glob(osp.join(c, 'lib64', 'libcudart*'))
                 or glob.glob(osp.join(c, 'lib', 'libcudart*'))
-                or glob.glob(osp.join(c, 'targets', '*', 'lib', 'libcudart*'))):
+                or glob.glob(
+                    osp.join(c, 'targets', '*', 'lib', 'libcudart*'))):
             return osp.realpath(c)
     return None
 
@@ -78,8 +80,11 @@ def get_extensions():
         # CUDA_HOME once at import time.
         os.environ['CUDA_HOME'] = cuda_home
     import torch
-    from torch.utils.cpp_extension import (BuildExtension, CppExtension,
-                                           CUDAExtension)
+    from torch.utils.cpp_extension import (
+        BuildExtension,
+        CppExtension,
+        CUDAExtension,
+    )
 
     sources = sorted(
         glob.glob(osp.join('csrc', 'pytorch', '*.cpp')) +
@@ -123,7 +128,8 @@ def get_extensions():
         os.environ.setdefault(
             'TORCH_CUDA_ARCH_LIST',
             '7.5;8.0;9.0+PTX' if cuda_major >= 13 else '7.0;8.0;9.0+PTX')
-        sources += sorted(glob.glob(osp.join('csrc', 'pytorch', 'cuda', '*.cu')))
+        sources += sorted(
+            glob.glob(osp.join('csrc', 'pytorch', 'cuda', '*.cu')))
         define_macros.append(('ADDER_MM_WITH_CUDA', None))
         extra_compile_args['nvcc'] = [
             '-O3', '--expt-relaxed-constexpr',
@@ -160,12 +166,20 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     include_package_data=False,
-    # Ranges here, exact pins in requirements/*.txt (the tested stack).
-    install_requires=[
-        'torch>=2.1', 'torchvision', 'mmengine>=0.10.4,<1.0',
-        'mmpretrain>=1.2.0,<2.0', 'setuptools<82', 'scikit-learn'
-    ],
-    extras_require={'tests': read_requirements('tests.txt')},
+    # Ranges here, exact pins in requirements/*.txt (the tested stack). The
+    # op (adder_mm.ops), the layers and post-training quantization need
+    # torch alone; the OpenMMLab parts (registries, backbones, datasets,
+    # tools) come with the 'mm' extra, which the README's commands install
+    # through requirements/runtime.txt. mmcv-lite stays out (a user's full
+    # mmcv 2.x also provides `mmcv`): requirements/mmcv.txt.
+    install_requires=['torch>=2.1', 'numpy'],
+    extras_require={
+        'mm': [
+            'torchvision', 'mmengine>=0.10.4,<1.0', 'mmpretrain>=1.2.0,<2.0',
+            'setuptools<82', 'scikit-learn', 'pyyaml'
+        ],
+        'tests': read_requirements('tests.txt'),
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False)

@@ -13,9 +13,13 @@ import torch.nn as nn
 
 from adder_mm.apis.op_count import count_config
 from adder_mm.models import AdderConv2d
-from adder_mm.utils.op_counter import (ADDER_JIT_OPS, ENERGY_45NM_PJ,
-                                       adder_flop_jit, count_ops,
-                                       load_energy_table)
+from adder_mm.utils.op_counter import (
+    ADDER_JIT_OPS,
+    ENERGY_45NM_PJ,
+    adder_flop_jit,
+    count_ops,
+    load_energy_table,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADDER_CFG = osp.join(ROOT, 'configs', 'adder_r20_digits.py')
@@ -114,6 +118,7 @@ def test_groups_dilation_stride_match_formula_and_mmengine(layer):
 def test_mmengine_get_model_complexity_info_counts_adders(monkeypatch):
     from mmengine.analysis import complexity_analysis as ca
     from mmengine.analysis import get_model_complexity_info
+
     from adder_mm.utils.op_counter import register_mmengine_flop_handle
     # Restore MMEngine's table after the test.
     for table in ('_DEFAULT_SUPPORTED_FLOP_OPS', '_DEFAULT_SUPPORTED_ACT_OPS'):
@@ -137,6 +142,7 @@ def test_mmengine_get_model_complexity_info_counts_adders(monkeypatch):
 
 def _resnet_cifar(depth, conv_cfg):
     from mmpretrain.registry import MODELS
+
     import adder_mm  # noqa: F401
     model = MODELS.build(dict(
         type='ImageClassifier',

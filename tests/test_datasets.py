@@ -5,11 +5,15 @@ import os.path as osp
 import numpy as np
 import pytest
 from mmengine.config import Config
+from mmpretrain.registry import DATASETS
 from sklearn.datasets import load_digits
 
 import adder_mm  # noqa: F401  (registers SklearnDigits)
-from adder_mm.datasets import DIGITS_CLASSES, SklearnDigits, digits_split_indices
-from mmpretrain.registry import DATASETS
+from adder_mm.datasets import (
+    DIGITS_CLASSES,
+    SklearnDigits,
+    digits_split_indices,
+)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIGITS = load_digits()
@@ -69,7 +73,8 @@ def test_subset_indices_keep_the_given_order():
                               full.get_data_info(j)['img'])
 
 
-@pytest.mark.parametrize('config', ['adder_r20_digits.py', 'cnn_r20_digits.py'])
+@pytest.mark.parametrize('config',
+                         ['adder_r20_digits.py', 'cnn_r20_digits.py'])
 def test_config_pipelines_upsample_to_32x32(config):
     cfg = Config.fromfile(osp.join(REPO, 'configs', config))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

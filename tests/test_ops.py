@@ -14,8 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from adder_mm.ops import adder2d, adder2d_reference, ext_info
-from adder_mm.ops import ext_loader, reference
+from adder_mm.ops import (
+    adder2d,
+    adder2d_reference,
+    ext_info,
+    ext_loader,
+    reference,
+)
 
 HAS_EXT = ext_info()['cpu']
 needs_ext = pytest.mark.skipif(
@@ -92,8 +97,7 @@ def make_case(n, c, o, h, wd, kh, kw, groups, bias, dtype, seed=0,
     b = torch.randn(o, generator=gen, dtype=torch.float64) if bias else None
     y = adder2d_reference(x, w, b, groups=groups, **conf)
     g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-    cast = (lambda t: None if t is None else t.to(dtype))
-    return cast(x), cast(w), cast(b), cast(g)
+    return tuple(None if t is None else t.to(dtype) for t in (x, w, b, g))
 
 
 def assert_grads_close(got, want, rtol, atol, what=''):

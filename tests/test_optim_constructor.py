@@ -31,7 +31,6 @@ from adder_mm.engine import AdderGradNormalizer, AdderOptimWrapperConstructor
 from adder_mm.models import AdderConv2d
 
 
-
 @pytest.fixture(autouse=True, scope='module')
 def one_thread():
     # The tensors here are tiny; on a shared 2-core machine OpenMP threads
@@ -153,8 +152,9 @@ def assert_params(model, expected):
 def test_registered_in_root_and_mmpretrain_scope():
     assert OPTIM_WRAPPER_CONSTRUCTORS.get(
         'AdderOptimWrapperConstructor') is AdderOptimWrapperConstructor
-    from mmpretrain.registry import \
-        OPTIM_WRAPPER_CONSTRUCTORS as PRETRAIN_CONSTRUCTORS
+    from mmpretrain.registry import (
+        OPTIM_WRAPPER_CONSTRUCTORS as PRETRAIN_CONSTRUCTORS,
+    )
     assert PRETRAIN_CONSTRUCTORS.get(
         'AdderOptimWrapperConstructor') is AdderOptimWrapperConstructor
 

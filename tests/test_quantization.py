@@ -16,8 +16,11 @@ import adder_mm  # noqa: F401
 from adder_mm.models import AdderConv2d
 from adder_mm.models.layers import QuantAdderConv2d
 from adder_mm.ops import adder2d_reference
-from adder_mm.quantization import (CalibrationError, convert_structure,
-                                   quantize_model)
+from adder_mm.quantization import (
+    CalibrationError,
+    convert_structure,
+    quantize_model,
+)
 from adder_mm.quantization.runner import save_quantized
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -301,9 +304,10 @@ def test_quantize_tool_refusals(trained, tmp_path):
         assert 'Traceback' not in proc.stderr
         assert not (tmp_path / 'never.pth').exists()
     # A float checkpoint where a quantized one is required.
-    from adder_mm.apis import ToolError, check_checkpoint
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
+
+    from adder_mm.apis import ToolError, check_checkpoint
     model = MODELS.build(Config.fromfile(ADDER_CFG).model)
     with pytest.raises(ToolError, match='is a float checkpoint'):
         check_checkpoint(ckpt, model, quantized='require')

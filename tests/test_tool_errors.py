@@ -52,7 +52,8 @@ def test_misspelt_cfg_option_names_the_closest_key(tool, tmp_path):
                        'train_cfg.max_epoch=1',
                        'optim_wraper.optimizer.lr=0.01'])
     refused(proc, 'train_cfg.max_epoch: no such key; did you mean '
-            'train_cfg.max_epochs?', 'did you mean optim_wrapper.optimizer.lr?',
+            'train_cfg.max_epochs?',
+            'did you mean optim_wrapper.optimizer.lr?',
             '+key=value')
     assert not work.exists()  # nothing was built
 
@@ -153,7 +154,8 @@ MESSAGES = {
     'garbage': ['is not a PyTorch checkpoint'],
     'refused': ['evil_module.Payload', 'does not allow', 'add_safe_globals'],
     'mismatch': ['does not match the model', 'backbone.layer1.0.conv1.weight',
-                 'backbone.extra.weight', 'head.fc.weight: checkpoint (3, 64)'],
+                 'backbone.extra.weight',
+                 'head.fc.weight: checkpoint (3, 64)'],
 }
 
 

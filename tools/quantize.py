@@ -23,9 +23,14 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _ROOT not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, _ROOT)
 
-from adder_mm.apis import (ToolError, apply_cfg_options,  # noqa: E402
-                           build_runner, check_checkpoint, check_config_path,
-                           run_tool)
+from adder_mm.apis import (  # noqa: E402
+    ToolError,
+    apply_cfg_options,
+    build_runner,
+    check_checkpoint,
+    check_config_path,
+    run_tool,
+)
 
 
 def parse_args(argv=None):
@@ -94,9 +99,11 @@ def main(argv=None):
     check_checkpoint(args.checkpoint, model, strict=True,
                      config=args.config, quantized='refuse')
     from adder_mm.quantization import CalibrationError, quantize_model
-    from adder_mm.quantization.runner import (calibration_loader,
-                                              save_quantized,
-                                              torch_ao_quantize_backbone)
+    from adder_mm.quantization.runner import (
+        calibration_loader,
+        save_quantized,
+        torch_ao_quantize_backbone,
+    )
 
     float_metrics = runner.test()
     try:

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with MMEngine's Runner; same arguments as
 MMPretrain's test.
 
-    python tools/test.py configs/adder_r20_digits.py work_dirs/adder_r20_digits/epoch_10.pth
+    python tools/test.py configs/adder_r20_digits.py CHECKPOINT.pth
     tools/dist_test.sh CONFIG CHECKPOINT 2
 
 ``adder_mm`` is imported here, so configs need no ``custom_imports``. The
@@ -19,9 +19,14 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _ROOT not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, _ROOT)
 
-from adder_mm.apis import (ToolError, apply_cfg_options,  # noqa: E402
-                           build_runner, check_checkpoint, check_config_path,
-                           run_tool)
+from adder_mm.apis import (  # noqa: E402
+    ToolError,
+    apply_cfg_options,
+    build_runner,
+    check_checkpoint,
+    check_config_path,
+    run_tool,
+)
 
 
 def parse_args(argv=None):

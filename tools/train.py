@@ -23,9 +23,15 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _ROOT not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, _ROOT)
 
-from adder_mm.apis import (ToolError, add_default_hooks,  # noqa: E402
-                           apply_cfg_options, build_runner, check_checkpoint,
-                           check_config_path, run_tool)
+from adder_mm.apis import (  # noqa: E402
+    ToolError,
+    add_default_hooks,
+    apply_cfg_options,
+    build_runner,
+    check_checkpoint,
+    check_config_path,
+    run_tool,
+)
 
 
 def parse_args(argv=None):

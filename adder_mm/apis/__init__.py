@@ -5,9 +5,16 @@ from .cfg_options import check_cfg_options
 from .checkpoints import check_checkpoint, read_checkpoint
 from .data_roots import prepare_data_roots
 from .errors import ToolError
-from .runner import (add_default_hooks, apply_cfg_options, build_runner,
-                     check_config_path, has_adder_layers, load_config,
-                     prepare_cpu_distributed, run_tool)
+from .runner import (
+                     add_default_hooks,
+                     apply_cfg_options,
+                     build_runner,
+                     check_config_path,
+                     has_adder_layers,
+                     load_config,
+                     prepare_cpu_distributed,
+                     run_tool,
+)
 
 __all__ = [
     'ToolError', 'add_default_hooks', 'apply_cfg_options', 'build_runner',

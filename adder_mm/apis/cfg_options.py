@@ -38,8 +38,12 @@ def _registered_class(type_name, scope):
 
 def _loop_class(cfg, field):
     """train_cfg/val_cfg/test_cfg without a ``type`` are MMEngine loops."""
-    from mmengine.runner import (EpochBasedTrainLoop, IterBasedTrainLoop,
-                                 TestLoop, ValLoop)
+    from mmengine.runner import (
+        EpochBasedTrainLoop,
+        IterBasedTrainLoop,
+        TestLoop,
+        ValLoop,
+    )
     node = cfg.get(field) or {}
     if field == 'train_cfg':
         return EpochBasedTrainLoop if node.get('by_epoch', True) else \
@@ -111,7 +115,7 @@ def check_cfg_options(cfg, options):
         raise ToolError(
             'bad --cfg-options key' + ('s' if len(problems) > 1 else '') +
             ':\n  ' + '\n  '.join(problems) + '\n(keys follow the config '
-            f'file; write +key=value to add a key the config does not have)')
+            'file; write +key=value to add a key the config does not have)')
     return checked
 
 

@@ -161,8 +161,10 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
 
 def _quantized_layers(ckpt, path, what, model, policy):
     from adder_mm.quantization import CalibrationError
-    from adder_mm.quantization.runner import (prepare_for_checkpoint,
-                                              quantized_spec)
+    from adder_mm.quantization.runner import (
+        prepare_for_checkpoint,
+        quantized_spec,
+    )
     spec = quantized_spec(ckpt)
     if spec is None:
         if policy == 'require':

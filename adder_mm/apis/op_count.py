@@ -11,7 +11,6 @@ import torch
 
 from adder_mm.utils.op_counter import _energy_pj, count_ops
 
-
 # Transforms whose size argument fixes the network input, and that argument.
 _SIZE_TRANSFORMS = {
     'CenterCrop': 'crop_size',
@@ -24,10 +23,11 @@ _SIZE_TRANSFORMS = {
 
 def load_model(config, cfg_options=None):
     """(model, cfg) built from a config file, no weights loaded."""
-    import adder_mm  # noqa: F401  (registers AdderConv2d, backbones, heads)
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
+    import adder_mm  # noqa: F401  (registers AdderConv2d, backbones, heads)
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -212,7 +212,8 @@ def energy_table(results, bits, table):
     saving against the last one (the CNN twin with --compare)."""
     last = results[-1]['ops'].energy_pj(bits, table)
     lines = ['| model | mults | adds | energy | vs ' +
-             osp.basename(results[-1]['config']) + ' |', '|---|---|---|---|---|']
+             osp.basename(results[-1]['config']) + ' |',
+             '|---|---|---|---|---|']
     for r in results:
         t, e = r['ops'].totals(), r['ops'].energy_pj(bits, table)
         lines.append(f'| {osp.basename(r["config"])} | {fmt(t["mults"])} | '

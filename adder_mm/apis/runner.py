@@ -112,10 +112,11 @@ def build_runner(args, merge, loaders):
     """Load ``args.config``, apply the command line (``merge(cfg, args)``),
     check the data roots of ``loaders`` and the CPU launch, and build the
     Runner. Raises ToolError on bad use."""
-    import adder_mm  # noqa: F401  (registers models, datasets, hooks)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     from mmpretrain.utils import register_all_modules
+
+    import adder_mm  # noqa: F401  (registers models, datasets, hooks)
 
     register_all_modules(init_default_scope=False)
     cfg = load_config(args.config)

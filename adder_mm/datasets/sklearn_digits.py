@@ -90,7 +90,8 @@ class SklearnDigits(BaseDataset):
                  **kwargs):
         if split not in ('train', 'test'):
             raise ValueError(
-                f"SklearnDigits split must be 'train' or 'test', got {split!r}")
+                "SklearnDigits split must be 'train' or 'test', got "
+                f'{split!r}')
         for key in ('ann_file', 'data_root', 'data_prefix'):
             if kwargs.pop(key, None):
                 raise ValueError(

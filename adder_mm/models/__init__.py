@@ -13,9 +13,14 @@ _NEED_MMPRETRAIN = ('AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
                     'AdderResNet_CIFAR', 'LinearBNClsHead')
 
 if importlib.util.find_spec('mmpretrain') is not None:
-    from .backbones import (AdderResNet, AdderResNet_CIFAR, AdderResNetV1c,
-                            AdderResNetV1d)
-    from .heads import LinearBNClsHead
+    # Re-exported: __all__ gets _NEED_MMPRETRAIN below.
+    from .backbones import (  # noqa: F401
+        AdderResNet,
+        AdderResNet_CIFAR,
+        AdderResNetV1c,
+        AdderResNetV1d,
+    )
+    from .heads import LinearBNClsHead  # noqa: F401
     __all__ += list(_NEED_MMPRETRAIN)
 
 

@@ -1,4 +1,4 @@
-"""Pure-PyTorch adder2d: the fallback of the compiled ops and the tests' oracle.
+"""Pure-PyTorch adder2d: the compiled ops' fallback and the tests' oracle.
 
 Computes the formulas of the paper directly on im2col columns, in chunks, so it
 never holds the [Cout, K, N*Ho*Wo] temporary of the paper's code in full
@@ -107,11 +107,11 @@ def grad_input(grad_out, x, w, stride, padding, dilation, groups):
     o, _, kh, kw = w.shape
     og = o // groups
     cols = _columns(x, (kh, kw), stride, padding, dilation, groups)
-    k, l = cols.shape[2], cols.shape[3]
+    k, npos = cols.shape[2], cols.shape[3]
     gout = grad_out.reshape(n, groups, og, -1).permute(1, 2, 0, 3)
     gout = gout.reshape(groups, og, -1)
     wg = w.reshape(groups, og, k)
-    gcols = x.new_zeros(groups, k, n * l)
+    gcols = x.new_zeros(groups, k, n * npos)
     for g in range(groups):
         xg = cols[g].transpose(0, 1).reshape(k, -1)
         oc, pc = _chunk_sizes(og, k, xg.shape[1])
@@ -121,7 +121,8 @@ def grad_input(grad_out, x, w, stride, padding, dilation, groups):
                 ht = (wg[g, o0:o1].unsqueeze(2) - xs).clamp_(-1, 1)
                 gcols[g, :, p0:p1] += (ht * gout[g, o0:o1, None, p0:p1]).sum(0)
     # [G, K, N, L] -> [N, G*K, L]; fold drops the padded taps.
-    gcols = gcols.view(groups, k, n, l).permute(2, 0, 1, 3).reshape(n, -1, l)
+    gcols = gcols.view(groups, k, n, npos).permute(2, 0, 1, 3).reshape(
+        n, -1, npos)
     return F.fold(gcols, (h, wd), (kh, kw), dilation=dilation,
                   padding=padding, stride=stride)
 

@@ -1,3 +1,6 @@
-from .checkpoint import checkpoint_safe_globals, register_checkpoint_safe_globals
+from .checkpoint import (
+    checkpoint_safe_globals,
+    register_checkpoint_safe_globals,
+)
 
 __all__ = ['checkpoint_safe_globals', 'register_checkpoint_safe_globals']

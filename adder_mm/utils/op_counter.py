@@ -387,7 +387,8 @@ def register_mmengine_flop_handle():
     activations).
 
     A ``FlopAnalyzer`` accepts ``set_op_handle(name, adder_flop_jit)`` for
-    each name in ADDER_JIT_OPS; but ``get_model_complexity_info`` (and mmpretrain's
+    each name in ADDER_JIT_OPS; but ``get_model_complexity_info`` (and
+    mmpretrain's
     ``tools/analysis_tools/get_flops.py``) build their own analyzers from
     MMEngine's module-level default tables, so this adds the handles there
     (private dicts of mmengine 0.10; idempotent). Without it, adder layers

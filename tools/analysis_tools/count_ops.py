@@ -30,11 +30,17 @@ _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if _ROOT not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, _ROOT)
 
-from adder_mm.apis.op_count import (compare, count_config,  # noqa: E402
-                                    energy_table, fmt, fmt_energy, plot,
-                                    report)
-from adder_mm.utils.op_counter import (CONVENTION,  # noqa: E402
-                                       load_energy_table)
+from adder_mm.apis.op_count import (  # noqa: E402
+    compare,
+    count_config,
+    energy_table,
+    fmt,
+    fmt_energy,
+    plot,
+    report,
+)
+from adder_mm.utils.op_counter import CONVENTION, load_energy_table  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(

@@ -145,8 +145,9 @@ def convert(state_dict, arch):
 
 def build_model(arch, num_classes, bias):
     """Our ImageClassifier matching an official model (for verification)."""
-    import adder_mm  # noqa: F401  (registers the models)
     from mmpretrain.registry import MODELS
+
+    import adder_mm  # noqa: F401  (registers the models)
 
     if arch == 'resnet50':
         backbone = dict(type='AdderResNet', depth=50)

@@ -115,9 +115,9 @@ class BNRecalibrationHook(Hook):
                     hook.by_epoch != by_epoch:
                 continue
             if by_epoch:
-                due = (hook.every_n_epochs(runner, hook.interval,
-                                           hook.save_begin)
-                       or (hook.save_last and hook.is_last_train_epoch(runner)))
+                last = hook.save_last and hook.is_last_train_epoch(runner)
+                due = last or hook.every_n_epochs(runner, hook.interval,
+                                                  hook.save_begin)
             else:
                 due = (hook.every_n_train_iters(runner, hook.interval,
                                                 hook.save_begin)

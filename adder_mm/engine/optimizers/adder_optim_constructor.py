@@ -7,6 +7,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from adder_mm.models.layers import AdderConv2d
+
 from .adder_grad_normalizer import AdderGradNormalizer, _check_eta
 
 # Keys this constructor consumes; everything else in paramwise_cfg goes to

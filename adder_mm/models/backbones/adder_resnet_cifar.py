@@ -5,8 +5,12 @@ from mmpretrain.models.backbones import ResNet_CIFAR
 from mmpretrain.models.backbones.resnet import BasicBlock
 from mmpretrain.registry import MODELS
 
-from .adder_resnet import (ADDER_RESNET_INIT_CFG, DEFAULT_ADDER_CFG,
-                           AdderStemMixin, _check_conv_cfg)
+from .adder_resnet import (
+    ADDER_RESNET_INIT_CFG,
+    DEFAULT_ADDER_CFG,
+    AdderStemMixin,
+    _check_conv_cfg,
+)
 
 # He et al.'s CIFAR ResNets (depth 6n+2), the paper's ResNet-20/32.
 _PAPER_CIFAR_ARCHS = {

@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 from torch.nn.modules.utils import _pair
+
 from adder_mm.ops import adder2d
 from adder_mm.utils.registry import register_model
 

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
+
 from adder_mm.ops import adder2d_int8
 from adder_mm.utils.registry import register_model
 
