@@ -8,7 +8,7 @@ import yaml
 
 from .op_count import count_config, fmt, load_model
 
-BEGIN, END = '<!-- model-zoo:begin -->', '<!-- model-zoo:end -->'
+SECTION = 'model-zoo'
 HEADER = (
     '# Results: the paper\'s top-1 (top-5), AdderNet and its CNN twin; the\n'
     '# digits recipe is ours (docs/results.md). Metadata (parameters,\n'
@@ -81,12 +81,3 @@ def render(metafile, root, results_json=None):
     text = head + HEADER + yaml.safe_dump({'Models': doc['Models']},
                                           sort_keys=False, width=79)
     return text, table(doc['Models'], measured(results_json))
-
-
-def replace_block(text, block):
-    """``text`` with what lies between the model-zoo markers replaced."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f'no {BEGIN} ... {END} block')
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f'{head}{BEGIN}\n{block}\n{END}{tail}'

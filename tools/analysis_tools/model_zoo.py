@@ -17,7 +17,8 @@ _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if _ROOT not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, _ROOT)
 
-from adder_mm.apis.model_zoo import render, replace_block  # noqa: E402
+from adder_mm.apis.model_zoo import SECTION, render  # noqa: E402
+from adder_mm.utils.markdown import replace_section  # noqa: E402
 
 METAFILE = osp.join(_ROOT, 'configs', 'metafile.yml')
 README = osp.join(_ROOT, 'configs', 'README.md')
@@ -31,7 +32,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     meta, block = render(METAFILE, _ROOT, RESULTS)
     with open(README) as f:
-        readme = replace_block(f.read(), block)
+        readme = replace_section(f.read(), SECTION, block)
     stale = []
     for path, text in ((METAFILE, meta), (README, readme)):
         with open(path) as f:

@@ -7,14 +7,13 @@ Runs tools/train.py once per config and seed (``randomness.seed``), each in
 its own work dir (default work_dirs/seeds/<config>/seed<S>), reads the final
 validation top-1 and the training time each run prints, and prints per-seed
 results, mean and sample standard deviation per config, with the machine
-(CPU model and instruction set, torch) they ran on. ``--markdown`` writes
-that table.
+(CPU model and instruction set, torch) and the date. ``--markdown FILE``
+writes that table into FILE's section ``--section`` (README.md, docs/...),
+``--out`` the results as JSON (read by model_zoo.py).
 """
 import argparse
 import json
-import os
 import os.path as osp
-import platform
 import re
 import statistics
 import subprocess
@@ -22,7 +21,13 @@ import sys
 import time
 
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _ROOT not in sys.path:  # run from anywhere without an install
+    sys.path.insert(0, _ROOT)
 TRAIN = osp.join(_ROOT, 'tools', 'train.py')
+
+from adder_mm.utils.machine import describe, machine_info  # noqa: E402
+from adder_mm.utils.markdown import write_section  # noqa: E402
+
 FINAL = re.compile(r'final validation \(epoch (\d+)\): (.*?); training took '
                    r'(\d+) s')
 
@@ -36,7 +41,10 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='passed to every run (key=value)')
     parser.add_argument('--out', help='write results as JSON')
-    parser.add_argument('--markdown', help='write the table as markdown')
+    parser.add_argument('--markdown', help='write the table into this '
+                        'markdown file (its section --section)')
+    parser.add_argument('--section', default='seeds',
+                        help='name of the table\'s section in --markdown')
     args = parser.parse_args(argv)
     for cfg in args.configs:
         if not osp.isfile(cfg):
@@ -44,25 +52,6 @@ def parse_args(argv=None):
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: each seed once')
     return args
-
-
-def machine():
-    """CPU model, the instruction-set extensions that matter here, torch."""
-    import torch
-    model, flags = platform.processor(), set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            text = f.read()
-        m = re.search(r'model name\s*:\s*(.*)', text)
-        model = m.group(1).strip() if m else model
-        m = re.search(r'flags\s*:\s*(.*)', text)
-        flags = set(m.group(1).split()) if m else set()
-    except OSError:
-        pass
-    isa = [f for f in ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni',
-                       'amx_tile') if f in flags]
-    return dict(cpu=model, isa=isa, cores=os.cpu_count(),
-                torch=torch.__version__)
 
 
 def run(config, seed, args):
@@ -98,9 +87,7 @@ def summarise(rows):
 
 
 def markdown(results, env, metric):
-    lines = [f'{metric}, final validation; {env["cpu"]} '
-             f'({", ".join(env["isa"]) or "no AVX2"}), {env["cores"]} '
-             f'cores, torch {env["torch"]}; written by '
+    lines = [f'{metric}, final validation; {describe(env)}; written by '
              'tools/analysis_tools/seeds.py.', '',
              '| config | epochs | seeds | per seed | mean +- std | '
              'training time (median) |', '|---|---|---|---|---|---|']
@@ -117,7 +104,7 @@ def markdown(results, env, metric):
 
 def main(argv=None):
     args = parse_args(argv)
-    env = machine()
+    env = machine_info()
     print(f'# {env}')
     results = {}
     for config in args.configs:
@@ -134,9 +121,7 @@ def main(argv=None):
     table = markdown(results, env, args.metric)
     print('\n' + table)
     if args.markdown:
-        os.makedirs(osp.dirname(osp.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, 'w') as f:
-            f.write(table + '\n')
+        write_section(args.markdown, args.section, table)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(env=env, results=results), f, indent=1)
