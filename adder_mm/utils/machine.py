@@ -19,6 +19,13 @@ def machine_info():
             text = f.read()
         m = re.search(r'model name\s*:\s*(.*)', text)
         model = m.group(1).strip() if m else model
+        # Virtual machines often show a bare 'AMD EPYC': the family and
+        # model numbers tell the generation (AMD family 25: Zen 3/4, 26:
+        # Zen 5).
+        fam = re.search(r'cpu family\s*:\s*(\d+)', text)
+        num = re.search(r'\nmodel\s*:\s*(\d+)', text)
+        if fam and num:
+            model += f' (family {fam.group(1)} model {num.group(1)})'
         m = re.search(r'flags\s*:\s*(.*)', text)
         flags = set(m.group(1).split()) if m else set()
     except OSError:
