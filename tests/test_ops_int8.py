@@ -276,6 +276,29 @@ def test_every_output_written(case, cpu_isa):
 
 
 @needs_ext
+@pytest.mark.parametrize('groups', [1, 2])
+def test_large_output_non_temporal_stores(groups, cpu_isa):
+    """Outputs of 4 MiB and more are written with streaming stores (64-byte
+    aligned rows): every element still written and exact."""
+    gen = torch.Generator().manual_seed(14)
+    qx, qw = _bytes((4, 16, 64, 64), gen), _bytes((64, 16 // groups, 3, 3),
+                                                   gen)
+    ref = adder2d_int8_reference(qx, qw, 1, 1, 1, groups, 21)
+    assert ref.numel() * 4 >= 4 * 2**20
+    cl = torch.channels_last
+    out = torch.full(ref.shape, -1, dtype=torch.int32).contiguous(
+        memory_format=cl)
+    _adder2d_int8_into(out, qx, qw, 1, 1, 1, groups, 21)
+    assert torch.equal(out, ref)
+    sc = torch.rand(64, generator=gen)
+    outf = torch.full(ref.shape, float('nan')).contiguous(memory_format=cl)
+    _adder2d_int8_into(outf, qx, qw, 1, 1, 1, groups, 21, sc)
+    exact = -sc.double().view(1, -1, 1, 1) * ref.double()
+    assert bool(((outf.double() - exact).abs() <=
+                 exact.abs() * 2.0**-24).all())
+
+
+@needs_ext
 def test_out_variant_rejects_bad_out():
     qx = torch.zeros(1, 8, 4, 4, dtype=torch.uint8)
     qw = torch.zeros(3, 8, 1, 1, dtype=torch.uint8)
