@@ -92,7 +92,8 @@ def _check_args(qx, qw, stride, padding, dilation, groups, pad_value,
         raise ValueError('adder2d_int8: groups must be a positive int, got '
                          f'{groups!r}')
     if min(stride) < 1:
-        raise ValueError(f'adder2d_int8: stride must be positive, got {stride}')
+        raise ValueError('adder2d_int8: stride must be positive, got '
+                         f'{stride}')
     if min(dilation) < 1:
         raise ValueError('adder2d_int8: dilation must be positive, got '
                          f'{dilation}')

@@ -40,9 +40,14 @@ engine, pre-quantized channels_last input, uint8 out) and float32
 ``F.conv2d``, all four alternating call by call; ratios are medians of
 per-round ratios. The header names the CPU, its ISA flags that matter here
 (avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernel torch's INT8 conv
-ran (from oneDNN's verbose log). This mode does not re-execute with a fixed
-malloc mmap threshold (it measures no memory): every op allocates its
-output under glibc's default policy, as in a normal process.
+ran (from oneDNN's verbose log). It measures no memory; instead the
+script re-executes itself with MALLOC_MMAP_MAX_=0 and a large
+MALLOC_TRIM_THRESHOLD_, so that glibc recycles freed outputs as a caching
+allocator would: otherwise every output above 32 MiB is a fresh mmap whose
+page faults (about 0.2-0.4 ms per MiB on the VM this was written on) would
+dominate the layers with large float32 outputs, four times the bytes of
+torch's uint8 ones. Set MALLOC_MMAP_MAX_ yourself to time with glibc's
+defaults (any value stops the re-execution).
 
 ``--model-step`` times a whole training step (forward, cross entropy,
 backward, SGD step) of AdderResNet-20 against its CNN twin (with MMPretrain;
@@ -71,6 +76,7 @@ from adder_mm.ops import (adder2d, adder2d_int8, ext_info,  # noqa: E402
                           set_cpu_isa)
 
 _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
+_INT8_MMAP_ENV = 'MALLOC_MMAP_MAX_'
 
 
 # ----------------------------------------------------------------- shapes
@@ -502,7 +508,8 @@ def main_int8(args, suites, wanted):
     env['cpu_flags'] = cpu_isa_flags()
     results = []
     for suite in suites:
-        layers = resnet20_layers() if suite == 'resnet20' else resnet50_layers()
+        layers = (resnet20_layers() if suite == 'resnet20' else
+                  resnet50_layers())
         for lay in layers:
             if wanted and lay['name'] not in wanted:
                 continue
@@ -515,10 +522,10 @@ def main_int8(args, suites, wanted):
             print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
                   f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
                   f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
-                  f"{_ms(r['fp32_adder_ms'])} (x{_fmt(r['fp32_adder_over_int8_adder'])}"
-                  f" slower), int8 conv {_ms(r['int8_conv_ms'])} (int8 "
-                  f"adder/int8 conv x{_fmt(r['int8_adder_over_int8_conv'])})",
-                  flush=True)
+                  f"{_ms(r['fp32_adder_ms'])} "
+                  f"(x{_fmt(r['fp32_adder_over_int8_adder'])} slower), int8 "
+                  f"conv {_ms(r['int8_conv_ms'])} (int8 adder/int8 conv "
+                  f"x{_fmt(r['int8_adder_over_int8_conv'])})", flush=True)
     summ = int8_summary(results)
     table = int8_markdown_table(results)
     print('\n' + table + '\n')
@@ -549,10 +556,14 @@ def _first_qconv_impl(lay):
 
 
 def _int8_header(env, args):
+    malloc = os.environ.get(_INT8_MMAP_ENV)
+    malloc = ('outputs recycled by malloc' if malloc == '0' else
+              'glibc malloc defaults' if malloc is None else
+              f'{_INT8_MMAP_ENV}={malloc}')
     return (f"# INT8 mode: {env['cpu']} ({' '.join(env['cpu_flags']) or '-'})"
-            f", torch {env['torch']}, {env['threads']} threads; adder "
-            f"kernels {env['ext']['cpu_isa']}; torch int8 conv (x86 engine) "
-            f"{env['int8_conv_impl']}")
+            f", torch {env['torch']}, {env['threads']} threads, {malloc}; "
+            f"adder kernels {env['ext']['cpu_isa']}; torch int8 conv (x86 "
+            f"engine) {env['int8_conv_impl']}")
 
 
 # ------------------------------------------------------------ model step
@@ -785,6 +796,13 @@ def main(argv=None):
             and not args.int8):
         # Fixed mmap threshold: freed large blocks leave the resident set.
         os.environ[_MMAP_ENV] = str(128 * 1024)
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    if (args.int8 and _INT8_MMAP_ENV not in os.environ
+            and sys.platform.startswith('linux') and argv is None):
+        # malloc recycles freed outputs instead of unmapping them (see the
+        # module docstring): the times are the ops', not page faults'.
+        os.environ[_INT8_MMAP_ENV] = '0'
+        os.environ.setdefault('MALLOC_TRIM_THRESHOLD_', str(1 << 36))
         os.execv(sys.executable, [sys.executable] + sys.argv)
     device = args.device
     if args.threads is not None:
