@@ -4,7 +4,7 @@
         [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
         [--repeat N] [--warmup N] [--model-step] [--no-unfold]
         [--unfold-max-mib M] [--cpu-isa generic|avx2|avx512] [--int8]
-        [--out FILE.json] [--markdown FILE.md]
+        [--onednn-max-isa ISA] [--out FILE.json] [--markdown FILE.md]
 
 For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
 ResNet-50 (ImageNet 224x224, batch 32): median wall time of the forward and
@@ -503,6 +503,14 @@ def int8_summary(results):
 
 
 def main_int8(args, suites, wanted):
+    import warnings
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates quantized tensors; they are the baseline here
+        warnings.filterwarnings('ignore', message='torch.quantize_per_tensor')
+        return _main_int8(args, suites, wanted)
+
+
+def _main_int8(args, suites, wanted):
     torch.backends.quantized.engine = 'x86'
     env = environment('cpu')
     env['cpu_flags'] = cpu_isa_flags()
@@ -775,6 +783,11 @@ def parse_args(argv=None):
                         help='CPU: time the integer adder (adder2d_int8, '
                         'fused dequantization) against the float32 adder, '
                         'PyTorch\'s INT8 conv and float32 conv instead')
+    parser.add_argument('--onednn-max-isa', default=None,
+                        help='set ONEDNN_MAX_CPU_ISA (e.g. AVX2_VNNI) for '
+                        'torch\'s oneDNN convolutions; takes effect only '
+                        'before oneDNN first runs in the process (--int8 '
+                        'prints the kernel it ran)')
     parser.add_argument('--layers', default=None,
                         help='comma-separated layer names to run (default all)')
     parser.add_argument('--out', help='write results as JSON')
@@ -805,6 +818,8 @@ def main(argv=None):
         os.environ.setdefault('MALLOC_TRIM_THRESHOLD_', str(1 << 36))
         os.execv(sys.executable, [sys.executable] + sys.argv)
     device = args.device
+    if args.onednn_max_isa:
+        os.environ['ONEDNN_MAX_CPU_ISA'] = args.onednn_max_isa
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.cpu_isa is not None:
