@@ -257,6 +257,8 @@ def _sums(qx, qw, stride, padding, dilation, groups, pad_value):
     out = torch.empty((n, o, ho, wo), dtype=torch.int32, device=qx.device)
     if out.numel() == 0:
         return out
+    if cg == 0:  # no input channels: empty sums
+        return out.zero_()
     xp = F.pad(qx, (padding[1], padding[1], padding[0], padding[0]),
                value=pad_value)
     span_h = dilation[0] * (kh - 1) + 1

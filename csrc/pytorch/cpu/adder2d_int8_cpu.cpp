@@ -109,6 +109,19 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
                       int64_t pad_value, const float* scale,
                       const float* bias, at::Tensor& out,
                       const Adder2dParams& p) {
+  if (p.K() == 0) {  // no input channels: empty sums
+    if (scale == nullptr) {
+      out.zero_();
+    } else {
+      // fma(-scale, 0, bias) = bias
+      at::Tensor b = bias != nullptr
+                         ? at::from_blob(const_cast<float*>(bias), {p.O},
+                                         out.options())
+                         : at::zeros({p.O}, out.options());
+      out.copy_(b.view({1, p.O, 1, 1}).expand_as(out));
+    }
+    return;
+  }
   const Int8KernelTable& kt = table(cpu::active_isa());
   const int64_t G = p.groups, Cg = p.cin_per_group(), Og = p.cout_per_group();
   const int64_t KK = p.KH * p.KW, K = p.K(), L = p.L(), NL = p.N * L;
