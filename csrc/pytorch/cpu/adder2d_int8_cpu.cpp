@@ -10,10 +10,11 @@
 //   weights: |0 - 0| adds nothing). Tiles take either kind, never both
 //   (one koff table per tile), and write each position's output row
 //   wherever it is, so only true border positions pay for the copy.
-// - Weights are packed per call into [group][O-block][K/8][nob][8], on the
-//   calling thread: the call then has one parallel region, whose barrier is
-//   the only place threads wait for each other (on a loaded machine each
-//   extra region can cost a scheduler time slice).
+// - Weights are packed per call into [group][O-block][K/8][nob][8] by the
+//   threads together, inside the call's one parallel region (per-block
+//   claim flags instead of a second region): the region's barrier is the
+//   only place threads wait for each other (on a loaded machine each extra
+//   region can cost a scheduler time slice).
 // - Tasks are (group, chunk of positions over all images); per chunk, for
 //   each panel of O-blocks (weights L2-resident), each tile of positions
 //   runs the panel's blocks, writing stretches of its NHWC output rows.
@@ -25,6 +26,9 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -103,6 +107,46 @@ class Scratch {
   at::DataPtr data_;
 };
 
+// Packing state of the weight blocks, shared by the threads of one call:
+// a thread claims a free block (CAS 0 -> 1), packs it and publishes it
+// (release store of 2); a thread that needs a block another is packing
+// waits for it. Every thread first runs claim_all() from its own starting
+// block, so the packing is split between the threads without a barrier,
+// and a call running inline on one thread (nested parallelism) packs
+// everything itself: nobody ever waits for a thread that is not running.
+class WeightBlocks {
+ public:
+  explicit WeightBlocks(int64_t n) : n_(n), state_(new std::atomic<int>[n]) {
+    for (int64_t i = 0; i < n; ++i)
+      state_[i].store(0, std::memory_order_relaxed);
+  }
+  // Claims and packs every free block, starting at `first`.
+  template <typename Pack>
+  void claim_all(int64_t first, const Pack& pack) {
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t b = (first + i) % n_;
+      int expected = 0;
+      if (state_[b].load(std::memory_order_relaxed) == 0 &&
+          state_[b].compare_exchange_strong(expected, 1,
+                                            std::memory_order_acquire)) {
+        pack(b);
+        state_[b].store(2, std::memory_order_release);
+      }
+    }
+  }
+  // Returns once block b is packed (after claim_all every block is claimed).
+  void wait(int64_t b) const {
+    for (int spins = 0; state_[b].load(std::memory_order_acquire) != 2;
+         ++spins) {
+      if (spins > 64) std::this_thread::yield();
+    }
+  }
+
+ private:
+  int64_t n_;
+  std::unique_ptr<std::atomic<int>[]> state_;
+};
+
 }  // namespace
 
 void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
@@ -147,49 +191,58 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
 
   // Weights packed as [G][nobk][K8][nob][8], zero past K and past Og, from
   // rows in (kh, kw, c) order: qw's own rows where it is channels_last,
-  // else gathered through its strides into one row at a time (L1-sized).
-  // Serial: the call keeps a single parallel region. The gather costs
-  // ~0.5 ms for 512x512x3x3 (ATen's permute().contiguous() took 2.4 ms);
-  // a channels_last qw costs only the 8-byte copies (~0.2 ms).
+  // else gathered through its strides into one row at a time (L1-sized;
+  // ATen's permute().contiguous() took 2.4 ms for 512x512x3x3 uint8, this
+  // 0.5 ms on one core, a channels_last qw only the 8-byte copies). The
+  // threads pack the blocks together inside the one parallel region (see
+  // WeightBlocks), so the call keeps a single barrier.
   const uint8_t* const wsrc = qw.data_ptr<uint8_t>();
   const int64_t sO = qw.stride(0), sC = qw.stride(1), sH = qw.stride(2),
                 sW = qw.stride(3);
   const bool rows_direct = (Cg == 1 || sC == 1) && (p.KW == 1 || sW == Cg) &&
                            (p.KH == 1 || sH == p.KW * Cg);
-  std::vector<uint8_t> row_buf(rows_direct ? 0 : K);
   const int64_t wblk = K8 * nob * 8;
   Scratch<uint8_t> wpk_(G * nobk * wblk, 1);
   uint8_t* const wpk = wpk_.slice(0);
-  for (int64_t gb = 0; gb < G * nobk; ++gb) {
-    const int64_t g = gb / nobk, ob = gb % nobk;
-    uint8_t* dst = wpk + gb * wblk;
-    for (int r = 0; r < nob; ++r) {
-      const int64_t o = ob * nob + r;
-      if (o >= Og) {
-        for (int64_t k = 0; k < K8; ++k)
-          std::memset(dst + (k * nob + r) * 8, 0, 8);
+  // Packs block gb; row_buf holds K bytes.
+  auto pack_block = [&](int64_t gb, uint8_t* row_buf) {
+    // Locals, not the captured references: the byte stores below may alias
+    // anything, which made the compiler reload those in the inner loop.
+    const int64_t kh = p.KH, kw = p.KW, cg = Cg, sc = sC, sh = sH, sw = sW;
+    const int64_t k_ = K, k8 = K8, og = Og, o_base = (gb / nobk) * Og;
+    const int nb = nob;
+    const bool direct_rows = rows_direct;
+    const uint8_t* const src0 = wsrc;
+    const int64_t so = sO, ob = gb % nobk;
+    uint8_t* const dst = wpk + gb * wblk;
+    for (int r = 0; r < nb; ++r) {
+      const int64_t o = ob * nb + r;
+      if (o >= og) {
+        for (int64_t k = 0; k < k8; ++k)
+          std::memset(dst + (k * nb + r) * 8, 0, 8);
         continue;
       }
-      const uint8_t* src = wsrc + (g * Og + o) * sO;
+      const uint8_t* src = src0 + (o_base + o) * so;
       const uint8_t* row = src;
-      if (!rows_direct) {
-        uint8_t* rb = row_buf.data();
-        for (int64_t i = 0; i < p.KH; ++i)
-          for (int64_t j = 0; j < p.KW; ++j, rb += Cg) {
-            const uint8_t* s = src + i * sH + j * sW;
-            for (int64_t c = 0; c < Cg; ++c) rb[c] = s[c * sC];
+      if (!direct_rows) {
+        uint8_t* rb = row_buf;
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j, rb += cg) {
+            const uint8_t* s = src + i * sh + j * sw;
+            for (int64_t c = 0; c < cg; ++c) rb[c] = s[c * sc];
           }
-        row = row_buf.data();
+        row = row_buf;
       }
-      for (int64_t k = 0; k < K / 8; ++k)
-        std::memcpy(dst + (k * nob + r) * 8, row + 8 * k, 8);
-      if (K % 8 != 0) {
-        uint8_t* d = dst + ((K8 - 1) * nob + r) * 8;
+      for (int64_t k = 0; k < k_ / 8; ++k)
+        std::memcpy(dst + (k * nb + r) * 8, row + 8 * k, 8);
+      if (k_ % 8 != 0) {
+        uint8_t* d = dst + ((k8 - 1) * nb + r) * 8;
         for (int64_t i = 0; i < 8; ++i)
-          d[i] = 8 * (K8 - 1) + i < K ? row[8 * (K8 - 1) + i] : 0;
+          d[i] = 8 * (k8 - 1) + i < k_ ? row[8 * (k8 - 1) + i] : 0;
       }
     }
-  }
+  };
+  WeightBlocks wblocks(G * nobk);
 
   // Scale and bias per group, padded to whole blocks.
   std::vector<float> sc, bi;
@@ -232,6 +285,7 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
   Scratch<const uint8_t*> ptrs_(2 * S, nthreads);
   Scratch<int64_t> orows_(2 * S, nthreads);
   Scratch<uint8_t> rows_(PC * Kp, nthreads);
+  Scratch<uint8_t> wrow_(rows_direct ? 1 : K, nthreads);
   const uint8_t padb = static_cast<uint8_t>(pad_value);
   const bool is_f32 = scale != nullptr;
   int32_t* const yi = is_f32 ? nullptr : out.data_ptr<int32_t>();
@@ -253,6 +307,9 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
     const uint8_t** const ptrs = ptrs_.slice(tid);
     int64_t* const orows = orows_.slice(tid);
     uint8_t* const rows = rows_.slice(tid);
+    // Threads start packing at blocks spread like their tasks.
+    wblocks.claim_all(begin * G * nobk / std::max<int64_t>(1, G * nchunk),
+                      [&](int64_t gb) { pack_block(gb, wrow_.slice(tid)); });
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / nchunk, q0 = (task % nchunk) * PC;
       const int64_t len = std::min(PC, NL - q0);
@@ -313,6 +370,7 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
       }
       for (int64_t ob0 = 0; ob0 < nobk; ob0 += obs_per_panel) {
         const int64_t ob1 = std::min(nobk, ob0 + obs_per_panel);
+        for (int64_t ob = ob0; ob < ob1; ++ob) wblocks.wait(g * nobk + ob);
         for (int list = 0; list < 2; ++list) {
           tile.koff = list == 0 ? koff_in.data() : koff_row.data();
           for (int64_t i0 = 0; i0 < n_list[list]; i0 += mp) {
