@@ -188,6 +188,12 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
     koff_row[k] = 8 * k;
   }
   const int64_t span_h = (p.KH - 1) * p.dil_h, span_w = (p.KW - 1) * p.dil_w;
+  // Row and column offset of each tap (im2col of the border positions).
+  std::vector<int64_t> tap_dh(KK), tap_dw(KK);
+  for (int64_t t = 0; t < KK; ++t) {
+    tap_dh[t] = (t / p.KW) * p.dil_h;
+    tap_dw[t] = (t % p.KW) * p.dil_w;
+  }
 
   // Weights packed as [G][nobk][K8][nob][8], zero past K and past Og, from
   // rows in (kh, kw, c) order: qw's own rows where it is channels_last,
@@ -310,51 +316,62 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
     // Threads start packing at blocks spread like their tasks.
     wblocks.claim_all(begin * G * nobk / std::max<int64_t>(1, G * nchunk),
                       [&](int64_t gb) { pack_block(gb, wrow_.slice(tid)); });
+    // Locals, not the captured references, in the per-position loop: its
+    // int64 and byte stores may alias them, which made the compiler reload
+    // every one per position (the loop cost as much as the tiles where
+    // O = 16 and K = 144).
+    const int64_t H = p.H, W = p.W, C = p.C, OH = p.OH, OW = p.OW;
+    const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h,
+                  pw = p.pad_w;
+    const int64_t* const tap_h = tap_dh.data();
+    const int64_t* const tap_w = tap_dw.data();
+    const int64_t cg = Cg, kk = KK, k_ = K, kp = Kp, l_ = L, o_ = O;
+    const int64_t sph = span_h, spw = span_w, S_ = S;
+    const bool dir = direct;
+    const uint8_t pad_byte = padb;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / nchunk, q0 = (task % nchunk) * PC;
       const int64_t len = std::min(PC, NL - q0);
-      const uint8_t* const xg = xp + g * Cg;
-      int64_t n_list[2] = {0, 0};  // positions read directly / via rows
+      const uint8_t* const xg = xp + g * cg;
+      int64_t nd = 0, nr = 0;  // positions read directly / via rows
       // (n, oh, ow) of q stepped along, not divided out per position: two
       // divisions cost as much as a position's tiles where K and O are 64.
-      int64_t n = q0 / L, oh = (q0 % L) / p.OW, ow = (q0 % L) % p.OW;
+      int64_t n = q0 / l_, oh = (q0 % l_) / OW, ow = (q0 % l_) % OW;
       for (int64_t q = q0; q < q0 + len; ++q) {
-        if (q > q0 && ++ow == p.OW) {
+        if (q > q0 && ++ow == OW) {
           ow = 0;
-          if (++oh == p.OH) {
+          if (++oh == OH) {
             oh = 0;
             ++n;
           }
         }
-        const int64_t ih0 = oh * p.stride_h - p.pad_h;
-        const int64_t iw0 = ow * p.stride_w - p.pad_w;
-        if (direct && ih0 >= 0 && ih0 + span_h < p.H && iw0 >= 0 &&
-            iw0 + span_w < p.W) {
-          ptrs[n_list[0]] = xg + ((n * p.H + ih0) * p.W + iw0) * p.C;
-          orows[n_list[0]++] = q * O;
+        const int64_t ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        if (dir && ih0 >= 0 && ih0 + sph < H && iw0 >= 0 && iw0 + spw < W) {
+          ptrs[nd] = xg + ((n * H + ih0) * W + iw0) * C;
+          orows[nd++] = q * o_;
           continue;
         }
-        uint8_t* row = rows + n_list[1] * Kp;
-        for (int64_t t = 0; t < KK; ++t) {
-          const int64_t ih = ih0 + (t / p.KW) * p.dil_h;
-          const int64_t iw = iw0 + (t % p.KW) * p.dil_w;
-          uint8_t* dst = row + t * Cg;
-          if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
-            const uint8_t* src = xg + ((n * p.H + ih) * p.W + iw) * p.C;
-            if (Cg % 8 == 0) {  // fixed-size copies, inlined
-              for (int64_t c = 0; c < Cg; c += 8)
+        uint8_t* row = rows + nr * kp;
+        for (int64_t t = 0; t < kk; ++t) {
+          const int64_t ih = ih0 + tap_h[t], iw = iw0 + tap_w[t];
+          uint8_t* dst = row + t * cg;
+          if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
+            const uint8_t* src = xg + ((n * H + ih) * W + iw) * C;
+            if (cg % 8 == 0) {  // fixed-size copies, inlined
+              for (int64_t c = 0; c < cg; c += 8)
                 std::memcpy(dst + c, src + c, 8);
             } else {
-              std::memcpy(dst, src, Cg);
+              std::memcpy(dst, src, cg);
             }
           } else {
-            std::memset(dst, padb, Cg);
+            std::memset(dst, pad_byte, cg);
           }
         }
-        std::memset(row + K, 0, Kp - K);
-        ptrs[S + n_list[1]] = row;
-        orows[S + n_list[1]++] = q * O;
+        if (kp > k_) std::memset(row + k_, 0, kp - k_);
+        ptrs[S_ + nr] = row;
+        orows[S_ + nr++] = q * o_;
       }
+      const int64_t n_list[2] = {nd, nr};
 
       Int8Tile tile;
       tile.k8 = K8;
