@@ -97,7 +97,8 @@ class Scratch {
   Scratch(int64_t per_thread, int64_t threads)
       : stride_(((std::max<int64_t>(per_thread, 1) * sizeof(T) + 63) / 64) *
                 64 / sizeof(T)),
-        data_(c10::GetCPUAllocator()->allocate(stride_ * threads * sizeof(T))) {}
+        data_(c10::GetCPUAllocator()->allocate(stride_ * threads *
+                                               sizeof(T))) {}
   T* slice(int64_t thread) const {
     return static_cast<T*>(data_.get()) + thread * stride_;
   }
@@ -328,6 +329,10 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
     const int64_t cg = Cg, kk = KK, k_ = K, kp = Kp, l_ = L, o_ = O;
     const int64_t sph = span_h, spw = span_w, S_ = S;
     const bool dir = direct;
+    // 1x1 layers with rows of at least 4 cache lines: the next tile's rows
+    // are prefetched (10-30% on ResNet-50's 256- and 512-channel 1x1
+    // layers, whose input streams from memory; it cost time below that).
+    const int64_t pf_bytes = (KK == 1 && Cg >= 256) ? Cg : 0;
     const uint8_t pad_byte = padb;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / nchunk, q0 = (task % nchunk) * PC;
@@ -393,7 +398,17 @@ void adder2d_int8_cpu(const at::Tensor& qx, const at::Tensor& qw,
           for (int64_t i0 = 0; i0 < n_list[list]; i0 += mp) {
             tile.x = ptrs + list * S + i0;
             tile.orow = orows + list * S + i0;
-            tile.np = static_cast<int>(std::min<int64_t>(mp, n_list[list] - i0));
+            tile.np =
+                static_cast<int>(std::min<int64_t>(mp, n_list[list] - i0));
+#if defined(__x86_64__) || defined(__i386__)
+            if (pf_bytes > 0 && list == 0 && ob0 == 0) {
+              const int64_t e = std::min(n_list[0], i0 + 2 * mp);
+              for (int64_t i = i0 + mp; i < e; ++i)
+                for (int64_t b = 0; b < pf_bytes; b += 64)
+                  _mm_prefetch(reinterpret_cast<const char*>(ptrs[i]) + b,
+                               _MM_HINT_T0);
+            }
+#endif
             for (int64_t ob = ob0; ob < ob1; ++ob) {
               tile.w = wpk + (g * nobk + ob) * wblk;
               tile.no =
