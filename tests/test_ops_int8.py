@@ -79,6 +79,7 @@ CASES = [
     (4, 32, 7, 7, 48, 1, 1, 2, 0, 1, 2),  # strided 1x1, groups
     (1, 8, 30, 31, 12, 3, 3, 1, 1, 1, 1),  # many chunks at batch 1
     (5, 16, 3, 3, 32, 3, 3, 1, 0, 1, 1),  # one position per image
+    (3, 256, 5, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1, rows prefetched
 ]
 
 
