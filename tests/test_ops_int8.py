@@ -570,7 +570,7 @@ def test_benchmark_int8_mode_runs_and_reports(tmp_path):
         assert res['summary'][key + '_resnet20']['count'] == 1
     assert res['env']['threads'] == 1
     assert isinstance(res['env']['cpu_flags'], list)
-    assert res['env']['int8_conv_impl']
+    assert lay['int8_conv_impl'] == res['env']['int8_conv_impl']
     text = md.read_text()
     assert 'layer3.0.down' in text and 'int8 adder / int8 conv' in text
     assert res['env']['int8_conv_impl'] in text

@@ -39,8 +39,8 @@ forward, PyTorch's INT8 convolution (``torch.ao.nn.quantized.Conv2d``, x86
 engine, pre-quantized channels_last input, uint8 out) and float32
 ``F.conv2d``, all four alternating call by call; ratios are medians of
 per-round ratios. The header names the CPU, its ISA flags that matter here
-(avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernel torch's INT8 conv
-ran (from oneDNN's verbose log). It measures no memory; instead the
+(avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernels torch's INT8 conv
+ran (from oneDNN's verbose log; per layer in the JSON). It measures no memory; instead the
 script re-executes itself with MALLOC_MMAP_MAX_=0 and a large
 MALLOC_TRIM_THRESHOLD_, so that glibc recycles freed outputs as a caching
 allocator would: otherwise every output above 32 MiB is a fresh mmap whose
@@ -521,11 +521,11 @@ def _main_int8(args, suites, wanted):
         for lay in layers:
             if wanted and lay['name'] not in wanted:
                 continue
-            if 'int8_conv_impl' not in env:
-                env['int8_conv_impl'] = _first_qconv_impl(lay)
+            if not results:
                 print(_int8_header(env, args), flush=True)
             r = bench_int8_layer(lay, args)
             r['suite'] = suite
+            r['int8_conv_impl'] = qconv_impl(lay)
             results.append(r)
             print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
                   f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
@@ -534,6 +534,8 @@ def _main_int8(args, suites, wanted):
                   f"(x{_fmt(r['fp32_adder_over_int8_adder'])} slower), int8 "
                   f"conv {_ms(r['int8_conv_ms'])} (int8 adder/int8 conv "
                   f"x{_fmt(r['int8_adder_over_int8_conv'])})", flush=True)
+    env['int8_conv_impl'] = ', '.join(
+        sorted({r['int8_conv_impl'] for r in results}))
     summ = int8_summary(results)
     table = int8_markdown_table(results)
     print('\n' + table + '\n')
@@ -550,8 +552,9 @@ def _main_int8(args, suites, wanted):
     return results
 
 
-def _first_qconv_impl(lay):
-    """oneDNN kernel of torch's INT8 conv on a small copy of this layer."""
+def qconv_impl(lay):
+    """oneDNN kernel of torch's INT8 conv on a one-image copy of the layer
+    (the kernel choice depends on the shape, not the batch)."""
     c, o, k, s, p = (lay[x] for x in ('C', 'O', 'k', 'stride', 'pad'))
     x = torch.rand(1, c, max(lay['H'], k), max(lay['W'], k))
     qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8).contiguous(
@@ -568,10 +571,11 @@ def _int8_header(env, args):
     malloc = ('outputs recycled by malloc' if malloc == '0' else
               'glibc malloc defaults' if malloc is None else
               f'{_INT8_MMAP_ENV}={malloc}')
+    impl = env.get('int8_conv_impl')
     return (f"# INT8 mode: {env['cpu']} ({' '.join(env['cpu_flags']) or '-'})"
             f", torch {env['torch']}, {env['threads']} threads, {malloc}; "
-            f"adder kernels {env['ext']['cpu_isa']}; torch int8 conv (x86 "
-            f"engine) {env['int8_conv_impl']}")
+            f"adder kernels {env['ext']['cpu_isa']}"
+            + (f"; torch int8 conv (x86 engine) {impl}" if impl else ''))
 
 
 # ------------------------------------------------------------ model step
