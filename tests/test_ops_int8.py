@@ -79,6 +79,7 @@ CASES = [
     (4, 32, 7, 7, 48, 1, 1, 2, 0, 1, 2),  # strided 1x1, groups
     (1, 8, 30, 31, 12, 3, 3, 1, 1, 1, 1),  # many chunks at batch 1
     (5, 16, 3, 3, 32, 3, 3, 1, 0, 1, 1),  # one position per image
+    (3, 256, 5, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1, rows prefetched
 ]
 
 
@@ -141,6 +142,39 @@ def test_kernel_matches_reference(case, cpu_isa):
         assert torch.equal(y, ref)
 
 
+def _random_case(rng):
+    """A random valid case: groups, channels incl. 0, kernel up to 4x4,
+    strides, dilation, padding, maps down to 0x0, batch incl. 0."""
+    while True:
+        g = rng.choice([1, 1, 2, 3, 4])
+        cg = rng.choice([0, 1, 3, 7, 8, 9, 16, 17, 24, 40])
+        og = rng.choice([1, 3, 8, 9, 16, 17, 31, 32, 33, 48, 65])
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        s = (rng.randint(1, 3), rng.randint(1, 3))
+        d = (rng.randint(1, 2), rng.randint(1, 2))
+        p = (rng.randint(0, 3), rng.randint(0, 3))
+        h, w = rng.randint(0, 11), rng.randint(0, 11)
+        if (h + 2 * p[0] > d[0] * (kh - 1)
+                and w + 2 * p[1] > d[1] * (kw - 1)):
+            return (rng.choice([0, 1, 2, 3]), g * cg, h, w, g * og, kh, kw,
+                    s, p, d, g)
+
+
+@needs_ext
+@pytest.mark.parametrize('seed', range(4))
+def test_random_shapes(seed, cpu_isa):
+    import random
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(12):
+        case = _random_case(rng)
+        qx, qw, (s, p, d, g, pv) = _case_tensors(case, gen)
+        if rng.random() < 0.5:
+            qx = qx.contiguous(memory_format=torch.channels_last)
+        ref = adder2d_int8_reference(qx, qw, s, p, d, g, pv)
+        assert torch.equal(adder2d_int8(qx, qw, s, p, d, g, pv), ref), case
+
+
 @needs_ext
 @pytest.mark.parametrize('cin', range(1, 9))
 def test_every_k_residue_and_o_tail(cin, cpu_isa):
@@ -189,6 +223,20 @@ def test_empty_batch(scaled, cpu_isa):
     assert y.dtype == (torch.float32 if scaled else torch.int32)
     assert adder2d_int8_reference(qx, qw, 1, 1, out_scale=sc).shape == \
         y.shape
+
+
+@needs_ext
+def test_no_input_channels_gives_empty_sums(cpu_isa):
+    """C = 0 (K = 0): every sum is empty, S = 0 and the epilogue gives the
+    bias; no division by K anywhere."""
+    qx = torch.zeros(2, 0, 5, 5, dtype=torch.uint8)
+    qw = torch.zeros(3, 0, 3, 3, dtype=torch.uint8)
+    for fn in (adder2d_int8, adder2d_int8_reference):
+        y = fn(qx, qw, 1, 1)
+        assert y.shape == (2, 3, 5, 5) and torch.equal(y, torch.zeros_like(y))
+        b = torch.tensor([1.5, -2.0, 0.25])
+        yf = fn(qx, qw, 1, 1, 1, 1, 0, torch.ones(3), b)
+        assert torch.equal(yf, b.view(1, 3, 1, 1).expand(2, 3, 5, 5))
 
 
 @needs_ext
@@ -273,6 +321,29 @@ def test_every_output_written(case, cpu_isa):
     _adder2d_int8_into(outf, qx, qw, s, p, d, g, pv, sc, b)
     assert not bool(outf.isnan().any())
     assert torch.equal(outf, adder2d_int8(qx, qw, s, p, d, g, pv, sc, b))
+
+
+@needs_ext
+@pytest.mark.parametrize('groups', [1, 2])
+def test_large_output_non_temporal_stores(groups, cpu_isa):
+    """Outputs of 4 MiB and more are written with streaming stores (64-byte
+    aligned rows): every element still written and exact."""
+    gen = torch.Generator().manual_seed(14)
+    qx, qw = _bytes((4, 16, 64, 64), gen), _bytes((64, 16 // groups, 3, 3),
+                                                   gen)
+    ref = adder2d_int8_reference(qx, qw, 1, 1, 1, groups, 21)
+    assert ref.numel() * 4 >= 4 * 2**20
+    cl = torch.channels_last
+    out = torch.full(ref.shape, -1, dtype=torch.int32).contiguous(
+        memory_format=cl)
+    _adder2d_int8_into(out, qx, qw, 1, 1, 1, groups, 21)
+    assert torch.equal(out, ref)
+    sc = torch.rand(64, generator=gen)
+    outf = torch.full(ref.shape, float('nan')).contiguous(memory_format=cl)
+    _adder2d_int8_into(outf, qx, qw, 1, 1, 1, groups, 21, sc)
+    exact = -sc.double().view(1, -1, 1, 1) * ref.double()
+    assert bool(((outf.double() - exact).abs() <=
+                 exact.abs() * 2.0**-24).all())
 
 
 @needs_ext
@@ -499,7 +570,7 @@ def test_benchmark_int8_mode_runs_and_reports(tmp_path):
         assert res['summary'][key + '_resnet20']['count'] == 1
     assert res['env']['threads'] == 1
     assert isinstance(res['env']['cpu_flags'], list)
-    assert res['env']['int8_conv_impl']
+    assert lay['int8_conv_impl'] == res['env']['int8_conv_impl']
     text = md.read_text()
     assert 'layer3.0.down' in text and 'int8 adder / int8 conv' in text
     assert res['env']['int8_conv_impl'] in text

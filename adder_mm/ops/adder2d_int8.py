@@ -10,6 +10,8 @@ sums are exact int32, so every path equals the reference bit for bit. With
 ``out_scale`` the dequantization ``out_bias[o] - out_scale[o] * S`` is fused
 into the kernel (one fma, float32 out). No autograd (inference op).
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -49,12 +51,21 @@ def _register_fake_kernels():
 
 def _load_op():
     """The compiled op's overloads (default, out), or None without the
-    extension. Runs at import (see the end of this module)."""
+    extension or with one built before this op existed (then warns: the
+    reference runs). Runs at import (see the end of this module)."""
     if load_ext() is None:
         return None
+    try:
+        op = torch.ops.adder_mm.adder2d_int8
+        overloads = op.default, op.out
+    except (AttributeError, RuntimeError) as e:
+        warnings.warn(
+            'adder2d_int8: adder_mm._ext has no adder2d_int8 kernel (built '
+            'from older sources?); using the pure-PyTorch reference. '
+            f'Rebuild the extension. ({e})', RuntimeWarning, stacklevel=2)
+        return None
     _register_fake_kernels()
-    op = torch.ops.adder_mm.adder2d_int8
-    return op.default, op.out
+    return overloads
 
 
 def _out_shape(qx, qw, stride, padding, dilation):
@@ -92,7 +103,8 @@ def _check_args(qx, qw, stride, padding, dilation, groups, pad_value,
         raise ValueError('adder2d_int8: groups must be a positive int, got '
                          f'{groups!r}')
     if min(stride) < 1:
-        raise ValueError(f'adder2d_int8: stride must be positive, got {stride}')
+        raise ValueError('adder2d_int8: stride must be positive, got '
+                         f'{stride}')
     if min(dilation) < 1:
         raise ValueError('adder2d_int8: dilation must be positive, got '
                          f'{dilation}')
@@ -256,6 +268,8 @@ def _sums(qx, qw, stride, padding, dilation, groups, pad_value):
     out = torch.empty((n, o, ho, wo), dtype=torch.int32, device=qx.device)
     if out.numel() == 0:
         return out
+    if cg == 0:  # no input channels: empty sums
+        return out.zero_()
     xp = F.pad(qx, (padding[1], padding[1], padding[0], padding[0]),
                value=pad_value)
     span_h = dilation[0] * (kh - 1) + 1

@@ -4,7 +4,7 @@
         [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
         [--repeat N] [--warmup N] [--model-step] [--no-unfold]
         [--unfold-max-mib M] [--cpu-isa generic|avx2|avx512] [--int8]
-        [--out FILE.json] [--markdown FILE.md]
+        [--onednn-max-isa ISA] [--out FILE.json] [--markdown FILE.md]
 
 For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
 ResNet-50 (ImageNet 224x224, batch 32): median wall time of the forward and
@@ -39,10 +39,15 @@ forward, PyTorch's INT8 convolution (``torch.ao.nn.quantized.Conv2d``, x86
 engine, pre-quantized channels_last input, uint8 out) and float32
 ``F.conv2d``, all four alternating call by call; ratios are medians of
 per-round ratios. The header names the CPU, its ISA flags that matter here
-(avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernel torch's INT8 conv
-ran (from oneDNN's verbose log). This mode does not re-execute with a fixed
-malloc mmap threshold (it measures no memory): every op allocates its
-output under glibc's default policy, as in a normal process.
+(avx2, avx512bw, avx512_vnni, amx) and the oneDNN kernels torch's INT8 conv
+ran (from oneDNN's verbose log; per layer in the JSON). It measures no memory; instead the
+script re-executes itself with MALLOC_MMAP_MAX_=0 and a large
+MALLOC_TRIM_THRESHOLD_, so that glibc recycles freed outputs as a caching
+allocator would: otherwise every output above 32 MiB is a fresh mmap whose
+page faults (about 0.2-0.4 ms per MiB on the VM this was written on) would
+dominate the layers with large float32 outputs, four times the bytes of
+torch's uint8 ones. Set MALLOC_MMAP_MAX_ yourself to time with glibc's
+defaults (any value stops the re-execution).
 
 ``--model-step`` times a whole training step (forward, cross entropy,
 backward, SGD step) of AdderResNet-20 against its CNN twin (with MMPretrain;
@@ -71,6 +76,7 @@ from adder_mm.ops import (adder2d, adder2d_int8, ext_info,  # noqa: E402
                           set_cpu_isa)
 
 _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
+_INT8_MMAP_ENV = 'MALLOC_MMAP_MAX_'
 
 
 # ----------------------------------------------------------------- shapes
@@ -497,28 +503,39 @@ def int8_summary(results):
 
 
 def main_int8(args, suites, wanted):
+    import warnings
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates quantized tensors; they are the baseline here
+        warnings.filterwarnings('ignore', message='torch.quantize_per_tensor')
+        return _main_int8(args, suites, wanted)
+
+
+def _main_int8(args, suites, wanted):
     torch.backends.quantized.engine = 'x86'
     env = environment('cpu')
     env['cpu_flags'] = cpu_isa_flags()
     results = []
     for suite in suites:
-        layers = resnet20_layers() if suite == 'resnet20' else resnet50_layers()
+        layers = (resnet20_layers() if suite == 'resnet20' else
+                  resnet50_layers())
         for lay in layers:
             if wanted and lay['name'] not in wanted:
                 continue
-            if 'int8_conv_impl' not in env:
-                env['int8_conv_impl'] = _first_qconv_impl(lay)
+            if not results:
                 print(_int8_header(env, args), flush=True)
             r = bench_int8_layer(lay, args)
             r['suite'] = suite
+            r['int8_conv_impl'] = qconv_impl(lay)
             results.append(r)
             print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
                   f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
                   f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
-                  f"{_ms(r['fp32_adder_ms'])} (x{_fmt(r['fp32_adder_over_int8_adder'])}"
-                  f" slower), int8 conv {_ms(r['int8_conv_ms'])} (int8 "
-                  f"adder/int8 conv x{_fmt(r['int8_adder_over_int8_conv'])})",
-                  flush=True)
+                  f"{_ms(r['fp32_adder_ms'])} "
+                  f"(x{_fmt(r['fp32_adder_over_int8_adder'])} slower), int8 "
+                  f"conv {_ms(r['int8_conv_ms'])} (int8 adder/int8 conv "
+                  f"x{_fmt(r['int8_adder_over_int8_conv'])})", flush=True)
+    env['int8_conv_impl'] = ', '.join(
+        sorted({r['int8_conv_impl'] for r in results}))
     summ = int8_summary(results)
     table = int8_markdown_table(results)
     print('\n' + table + '\n')
@@ -535,8 +552,9 @@ def main_int8(args, suites, wanted):
     return results
 
 
-def _first_qconv_impl(lay):
-    """oneDNN kernel of torch's INT8 conv on a small copy of this layer."""
+def qconv_impl(lay):
+    """oneDNN kernel of torch's INT8 conv on a one-image copy of the layer
+    (the kernel choice depends on the shape, not the batch)."""
     c, o, k, s, p = (lay[x] for x in ('C', 'O', 'k', 'stride', 'pad'))
     x = torch.rand(1, c, max(lay['H'], k), max(lay['W'], k))
     qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8).contiguous(
@@ -549,10 +567,15 @@ def _first_qconv_impl(lay):
 
 
 def _int8_header(env, args):
+    malloc = os.environ.get(_INT8_MMAP_ENV)
+    malloc = ('outputs recycled by malloc' if malloc == '0' else
+              'glibc malloc defaults' if malloc is None else
+              f'{_INT8_MMAP_ENV}={malloc}')
+    impl = env.get('int8_conv_impl')
     return (f"# INT8 mode: {env['cpu']} ({' '.join(env['cpu_flags']) or '-'})"
-            f", torch {env['torch']}, {env['threads']} threads; adder "
-            f"kernels {env['ext']['cpu_isa']}; torch int8 conv (x86 engine) "
-            f"{env['int8_conv_impl']}")
+            f", torch {env['torch']}, {env['threads']} threads, {malloc}; "
+            f"adder kernels {env['ext']['cpu_isa']}"
+            + (f"; torch int8 conv (x86 engine) {impl}" if impl else ''))
 
 
 # ------------------------------------------------------------ model step
@@ -764,6 +787,11 @@ def parse_args(argv=None):
                         help='CPU: time the integer adder (adder2d_int8, '
                         'fused dequantization) against the float32 adder, '
                         'PyTorch\'s INT8 conv and float32 conv instead')
+    parser.add_argument('--onednn-max-isa', default=None,
+                        help='set ONEDNN_MAX_CPU_ISA (e.g. AVX2_VNNI) for '
+                        'torch\'s oneDNN convolutions; takes effect only '
+                        'before oneDNN first runs in the process (--int8 '
+                        'prints the kernel it ran)')
     parser.add_argument('--layers', default=None,
                         help='comma-separated layer names to run (default all)')
     parser.add_argument('--out', help='write results as JSON')
@@ -786,7 +814,16 @@ def main(argv=None):
         # Fixed mmap threshold: freed large blocks leave the resident set.
         os.environ[_MMAP_ENV] = str(128 * 1024)
         os.execv(sys.executable, [sys.executable] + sys.argv)
+    if (args.int8 and _INT8_MMAP_ENV not in os.environ
+            and sys.platform.startswith('linux') and argv is None):
+        # malloc recycles freed outputs instead of unmapping them (see the
+        # module docstring): the times are the ops', not page faults'.
+        os.environ[_INT8_MMAP_ENV] = '0'
+        os.environ.setdefault('MALLOC_TRIM_THRESHOLD_', str(1 << 36))
+        os.execv(sys.executable, [sys.executable] + sys.argv)
     device = args.device
+    if args.onednn_max_isa:
+        os.environ['ONEDNN_MAX_CPU_ISA'] = args.onednn_max_isa
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.cpu_isa is not None:

@@ -78,7 +78,9 @@ void tile(const Int8Tile& t) {
               _mm256_permute4x64_epi64(ab, _MM_SHUFFLE(3, 1, 2, 0));
           if (t.scale == nullptr) {
             int32_t* dst = t.out_i32 + t.orow[r] + c0;
-            if (cnt >= 8)
+            if (cnt >= 8 && t.stream)  // 32-byte aligned (the caller)
+              _mm256_stream_si256(reinterpret_cast<__m256i*>(dst), s);
+            else if (cnt >= 8)
               _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), s);
             else
               _mm256_maskstore_epi32(dst, lane_mask(cnt), s);
@@ -87,7 +89,9 @@ void tile(const Int8Tile& t) {
                                               _mm256_cvtepi32_ps(s),
                                               _mm256_loadu_ps(t.bias + c0));
             float* dst = t.out_f32 + t.orow[r] + c0;
-            if (cnt >= 8)
+            if (cnt >= 8 && t.stream)
+              _mm256_stream_ps(dst, f);
+            else if (cnt >= 8)
               _mm256_storeu_ps(dst, f);
             else
               _mm256_maskstore_ps(dst, lane_mask(cnt), f);

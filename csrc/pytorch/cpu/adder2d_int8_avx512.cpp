@@ -79,7 +79,9 @@ void tile(const Int8Tile& t) {
               cnt >= 16 ? __mmask16(0xffff) : __mmask16((1u << cnt) - 1u);
           if (t.scale == nullptr) {
             int32_t* dst = t.out_i32 + t.orow[r] + c0;
-            if (cnt >= 16)
+            if (cnt >= 16 && t.stream)  // 64-byte aligned (the caller)
+              _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), s);
+            else if (cnt >= 16)
               _mm512_storeu_si512(dst, s);
             else
               _mm512_mask_storeu_epi32(dst, m, s);
@@ -94,7 +96,9 @@ void tile(const Int8Tile& t) {
             const __m512 f =
                 _mm512_fnmadd_ps(sc, _mm512_cvtepi32_ps(s), bi);
             float* dst = t.out_f32 + t.orow[r] + c0;
-            if (cnt >= 16)
+            if (cnt >= 16 && t.stream)
+              _mm512_stream_ps(dst, f);
+            else if (cnt >= 16)
               _mm512_storeu_ps(dst, f);
             else
               _mm512_mask_storeu_ps(dst, m, f);

@@ -38,6 +38,10 @@ struct Int8Tile {
   const float* bias;
   const int64_t* orow;  // [np]
   int np, no;
+  // Full-width vector stores may bypass the caches (non-temporal): set
+  // where every such store is 64-byte aligned and the output is too large
+  // to stay in cache anyway; the caller fences (sfence) after its tiles.
+  bool stream;
 };
 
 using Int8TileFn = void (*)(const Int8Tile&);
