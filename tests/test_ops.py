@@ -243,8 +243,9 @@ def _xw(**kw):
 
 
 BAD_INPUTS = [
-    ('3-D input', dict(xs=(4, 5, 5)), {}, ValueError, '4-D input'),
-    ('5-D weight', dict(ws=(2, 4, 3, 3, 1)), {}, ValueError, '4-D weight'),
+    ('3-D input', dict(xs=(4, 5, 5)), {}, ValueError, 'input must be 4-D'),
+    ('5-D weight', dict(ws=(2, 4, 3, 3, 1)), {}, ValueError,
+     'weight must be 4-D'),
     ('channels vs weight', dict(xs=(1, 5, 5, 5)), {}, ValueError,
      'input has 5 channels but weight expects 4'),
     ('groups vs channels', dict(xs=(1, 3, 5, 5), ws=(2, 1, 3, 3)),

@@ -1,6 +1,7 @@
 """adder2d: the AdderNet layer as a functional op with autograd (torch only).
 
-    Y[n,o,h,w] = -sum_{c in group(o), i, j} |X_pad[n,c,h*s0+i*d0,w*s1+j*d1] - W[o,c,i,j]| + bias[o]
+    Y[n,o,h,w] = -sum_{c in group(o), i, j}
+                     |X_pad[n,c,h*s0+i*d0,w*s1+j*d1] - W[o,c,i,j]| + bias[o]
 
 Zero padding takes part (a padded tap adds |W|). Backward follows the paper:
 the full-precision filter gradient (X - W) and the HardTanh input gradient
@@ -11,6 +12,7 @@ import warnings
 import torch
 
 from . import reference
+from .checks import check_window_args
 from .ext_loader import load_ext
 
 # dtypes each device's compiled kernels accept; others use the reference.
@@ -89,60 +91,21 @@ def _register_fake_kernels():
 
 
 def _check_args(x, w, b, stride, padding, dilation, groups):
-    """Validate adder2d arguments; returns (stride, padding, dilation) pairs."""
-    for name, t in (('input', x), ('weight', w)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f'adder2d: {name} must be a torch.Tensor, got '
-                            f'{type(t).__name__}')
-    if x.dim() != 4:
-        raise ValueError('adder2d: expected a 4-D input [N, C, H, W], got '
-                         f'shape {tuple(x.shape)}')
-    if w.dim() != 4:
-        raise ValueError('adder2d: expected a 4-D weight [O, C/groups, kh, kw], '
-                         f'got shape {tuple(w.shape)}')
+    """Validate adder2d arguments; returns (stride, padding, dilation)
+    pairs."""
+    stride, padding, dilation = check_window_args(
+        'adder2d', x, w, stride, padding, dilation, groups)
     if not x.is_floating_point() or not w.is_floating_point():
-        raise TypeError('adder2d: input and weight must be floating point, got '
-                        f'{x.dtype} and {w.dtype}')
+        raise TypeError('adder2d: input and weight must be floating point, '
+                        f'got {x.dtype} and {w.dtype}')
     if x.dtype != w.dtype:
-        raise TypeError(f'adder2d: input dtype {x.dtype} does not match weight '
-                        f'dtype {w.dtype}')
-    if x.device != w.device:
-        raise ValueError(f'adder2d: input is on {x.device} but weight is on '
-                         f'{w.device}')
-    stride = reference._pair(stride, 'stride')
-    padding = reference._pair(padding, 'padding')
-    dilation = reference._pair(dilation, 'dilation')
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f'adder2d: groups must be a positive int, got {groups!r}')
-    if min(stride) < 1:
-        raise ValueError(f'adder2d: stride must be positive, got {stride}')
-    if min(dilation) < 1:
-        raise ValueError(f'adder2d: dilation must be positive, got {dilation}')
-    if min(padding) < 0:
-        raise ValueError(f'adder2d: padding must be non-negative, got {padding}')
-    c, o = x.shape[1], w.shape[0]
-    if c % groups or o % groups:
-        raise ValueError(f'adder2d: groups={groups} must divide both input '
-                         f'channels ({c}) and output channels ({o})')
-    if w.shape[1] * groups != c:
-        raise ValueError(
-            f'adder2d: input has {c} channels but weight expects '
-            f'{w.shape[1] * groups} (weight.shape[1]={w.shape[1]} x '
-            f'groups={groups})')
-    kh, kw = w.shape[2:]
-    if kh < 1 or kw < 1:
-        raise ValueError(f'adder2d: empty kernel {tuple(w.shape[2:])}')
-    span_h = dilation[0] * (kh - 1) + 1
-    span_w = dilation[1] * (kw - 1) + 1
-    ph, pw = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
-    if span_h > ph or span_w > pw:
-        raise ValueError(
-            f'adder2d: kernel {kh}x{kw} (dilated extent {span_h}x{span_w}) is '
-            f'larger than the padded input {ph}x{pw}')
+        raise TypeError(f'adder2d: input dtype {x.dtype} does not match '
+                        f'weight dtype {w.dtype}')
+    o = w.shape[0]
     if b is not None:
         if not isinstance(b, torch.Tensor) or b.shape != (o, ):
-            raise ValueError(f'adder2d: bias must be a tensor of shape ({o},), '
-                             f'got {getattr(b, "shape", type(b).__name__)}')
+            raise ValueError(f'adder2d: bias must be a tensor of shape ({o},)'
+                             f', got {getattr(b, "shape", type(b).__name__)}')
         if b.dtype != x.dtype or b.device != x.device:
             raise TypeError('adder2d: bias must have the dtype and device of '
                             f'the input ({x.dtype}, {x.device}), got '
@@ -178,8 +141,9 @@ def adder2d(input, weight, bias=None, stride=1, padding=0, dilation=1,
     input, weight, bias, autocast = _autocast(input, weight, bias)
     stride, padding, dilation = _check_args(input, weight, bias, stride,
                                             padding, dilation, groups)
-    channels_last = (input.dim() == 4 and not input.is_contiguous()
-                     and input.is_contiguous(memory_format=torch.channels_last))
+    channels_last = (
+        input.dim() == 4 and not input.is_contiguous()
+        and input.is_contiguous(memory_format=torch.channels_last))
     ops = _ops_for(input)
     layer = reference.Adder2dFunction.apply if ops is None else ops[0]
     if autocast:

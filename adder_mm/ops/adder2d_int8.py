@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .checks import check_window_args
 from .ext_loader import load_ext
 
 # Largest filter length K = C/groups * kh * kw whose sums fit in int32.
@@ -80,65 +81,23 @@ def _check_args(qx, qw, stride, padding, dilation, groups, pad_value,
                 out_scale, out_bias):
     """Validate adder2d_int8 arguments; returns (stride, padding, dilation)
     pairs. Every message names the argument at fault."""
+    stride, padding, dilation = check_window_args(
+        'adder2d_int8', qx, qw, stride, padding, dilation, groups,
+        names=('qx', 'qw'))
     for name, t in (('qx', qx), ('qw', qw)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f'adder2d_int8: {name} must be a torch.Tensor, '
-                            f'got {type(t).__name__}')
         if t.dtype != torch.uint8:
             raise TypeError(f'adder2d_int8: {name} must be uint8 (quantized '
                             f'bytes), got {t.dtype}')
-    if qx.dim() != 4:
-        raise ValueError('adder2d_int8: qx must be 4-D [N, C, H, W], got '
-                         f'shape {tuple(qx.shape)}')
-    if qw.dim() != 4:
-        raise ValueError('adder2d_int8: qw must be 4-D [O, C/groups, kh, '
-                         f'kw], got shape {tuple(qw.shape)}')
-    if qx.device != qw.device:
-        raise ValueError(f'adder2d_int8: qx is on {qx.device} but qw is on '
-                         f'{qw.device}')
-    stride = reference._pair(stride, 'stride')
-    padding = reference._pair(padding, 'padding')
-    dilation = reference._pair(dilation, 'dilation')
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError('adder2d_int8: groups must be a positive int, got '
-                         f'{groups!r}')
-    if min(stride) < 1:
-        raise ValueError('adder2d_int8: stride must be positive, got '
-                         f'{stride}')
-    if min(dilation) < 1:
-        raise ValueError('adder2d_int8: dilation must be positive, got '
-                         f'{dilation}')
-    if min(padding) < 0:
-        raise ValueError('adder2d_int8: padding must be non-negative, got '
-                         f'{padding}')
     if (not isinstance(pad_value, int) or isinstance(pad_value, bool)
             or not 0 <= pad_value <= 255):
         raise ValueError('adder2d_int8: pad_value must be an int in 0..255 '
                          f'(the grid\'s quantized 0.0), got {pad_value!r}')
-    c, o = qx.shape[1], qw.shape[0]
-    if c % groups or o % groups:
-        raise ValueError(f'adder2d_int8: groups={groups} must divide both '
-                         f'input channels ({c}) and output channels ({o})')
-    if qw.shape[1] * groups != c:
-        raise ValueError(
-            f'adder2d_int8: qx has {c} channels but qw expects '
-            f'{qw.shape[1] * groups} (qw.shape[1]={qw.shape[1]} x '
-            f'groups={groups})')
-    kh, kw = qw.shape[2:]
-    if kh < 1 or kw < 1:
-        raise ValueError(f'adder2d_int8: empty kernel {(kh, kw)}')
-    k = qw.shape[1] * kh * kw
+    o = qw.shape[0]
+    k = qw.shape[1] * qw.shape[2] * qw.shape[3]
     if k > MAX_K:
         raise ValueError(
             f'adder2d_int8: filter length K = C/groups x kh x kw = {k} '
             f'exceeds {MAX_K}, above which K * 255 overflows the int32 sums')
-    span_h = dilation[0] * (kh - 1) + 1
-    span_w = dilation[1] * (kw - 1) + 1
-    ph, pw = qx.shape[2] + 2 * padding[0], qx.shape[3] + 2 * padding[1]
-    if span_h > ph or span_w > pw:
-        raise ValueError(
-            f'adder2d_int8: kernel {kh}x{kw} (dilated extent '
-            f'{span_h}x{span_w}) is larger than the padded input {ph}x{pw}')
     if out_scale is None and out_bias is not None:
         raise ValueError('adder2d_int8: out_bias is given without out_scale')
     for name, t in (('out_scale', out_scale), ('out_bias', out_bias)):

@@ -11,17 +11,17 @@ import torch.nn.functional as F
 _CHUNK_ELEMS = 1 << 22
 
 
-def _pair(v, name):
+def _pair(v, name, op='adder2d'):
     if isinstance(v, int):
         return (v, v)
     if not isinstance(v, (tuple, list)):  # tuple(2.0) would say 'not iterable'
-        raise ValueError(f'adder2d: {name} must be an int or a pair of ints, '
+        raise ValueError(f'{op}: {name} must be an int or a pair of ints, '
                          f'got {v!r}')
     v = tuple(v)
     if len(v) == 1:
         v = v * 2  # then type-checked below like a pair
     if len(v) != 2 or not all(isinstance(i, int) for i in v):
-        raise ValueError(f'adder2d: {name} must be an int or a pair of ints, '
+        raise ValueError(f'{op}: {name} must be an int or a pair of ints, '
                          f'got {v!r}')
     return v
 
