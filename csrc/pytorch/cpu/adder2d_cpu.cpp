@@ -61,7 +61,9 @@ template <>
 struct Tables<float> {
   static KernelTable<float> get(cpu::Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
+    static const KernelTable<float> avx512 = cpu::avx512_table_float();
     static const KernelTable<float> avx2 = cpu::avx2_table_float();
+    if (isa >= cpu::Isa::kAvx512) return avx512;
     if (isa >= cpu::Isa::kAvx2) return avx2;
 #endif
     static const KernelTable<float> generic = cpu::generic_table_float();
@@ -73,7 +75,9 @@ template <>
 struct Tables<double> {
   static KernelTable<double> get(cpu::Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
+    static const KernelTable<double> avx512 = cpu::avx512_table_double();
     static const KernelTable<double> avx2 = cpu::avx2_table_double();
+    if (isa >= cpu::Isa::kAvx512) return avx512;
     if (isa >= cpu::Isa::kAvx2) return avx2;
 #endif
     static const KernelTable<double> generic = cpu::generic_table_double();
@@ -140,7 +144,7 @@ struct ChunkGeom {
 // im2col / col2im work one segment (a run of strip slots on one output row
 // of one image) at a time: per (c, i) one bounds test, per tap one bounds
 // test and a copy of `count` slots. A full-width segment at stride 1 (NR
-// divides OW: the common case) is a fixed-size copy, 64 bytes for float.
+// divides OW: the common case) is a fixed-size copy (NR elements).
 // Before this structure the copies cost more than the tile reading them
 // at O = 16 (ResNet-20 stage 1).
 
@@ -219,6 +223,7 @@ template <typename T, int NR>
 void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
                   T* buf) {
   const Adder2dParams& p = *cg.p;
+  static_assert(NR <= 64, "a strip has at most one segment per slot");
   Segment segs[64];
   const int64_t ns = ceil_div(len, NR);
   for (int64_t s = 0; s < ns; ++s) {
@@ -538,12 +543,13 @@ void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
 }
 
 // The strip width is a compile-time constant of im2col/col2im (fixed-size
-// copies); the tables use 4, 8 or 16.
+// copies); the tables use 4, 8, 16 or 32 (AVX-512 float).
 #define ADDER_DISPATCH_NR(nr, ...)                                        \
   switch (nr) {                                                           \
     case 4: { constexpr int kNR = 4; __VA_ARGS__; break; }                \
     case 8: { constexpr int kNR = 8; __VA_ARGS__; break; }                \
     case 16: { constexpr int kNR = 16; __VA_ARGS__; break; }              \
+    case 32: { constexpr int kNR = 32; __VA_ARGS__; break; }              \
     default: TORCH_CHECK(false, "adder2d: unsupported strip width ", nr); \
   }
 
