@@ -110,6 +110,8 @@ KernelTable<typename Ops::T> make_table(const char* isa) {
   t.nr = NV * Ops::kLanes;
   t.mr = MR;
   t.mk = MK;
+  t.vgrid_fwd_lim = 0;
+  t.vgrid_grad_lim = 0;
   t.fwd_tile = &fwd_tile<Ops, MR, NV>;
   t.bwd_tile = &bwd_tile<Ops, MK, NVB>;
   t.isa = isa;
