@@ -75,11 +75,22 @@ constexpr int kFwdMrF = 4;
 // Tile shapes: forward MR x (NV vectors) keeps MR*NV accumulators, NV
 // input vectors, one broadcast, one temporary and the sign mask in the 16
 // ymm registers; grad_X holds MK*NV inputs plus as many accumulators.
+// Virtual grid (adder2d_cpu.cpp) where O/groups * (Wp - OW) <= 8 * OW:
+// the tile is half as fast as AVX-512's, so the copies weigh less. One
+// thread, Zen 5, grid / segment copies: forward 0.91-0.96x and grad_X
+// 0.86-0.97x up to O/OW = 8 (1.00x at 4.6), but 1.03x / 1.02x on 14x14 at
+// O = 256 and 1.10x / 1.05x on 7x7 at O = 512.
+constexpr int kVgridLim = 8;
+
 KernelTable<float> avx2_table_float() {
-  return avx2::make_table<avx2::OpsF, kFwdMrF, 2, 2, 2>("avx2");
+  auto t = avx2::make_table<avx2::OpsF, kFwdMrF, 2, 2, 2>("avx2");
+  t.vgrid_fwd_lim = t.vgrid_grad_lim = kVgridLim;
+  return t;
 }
 KernelTable<double> avx2_table_double() {
-  return avx2::make_table<avx2::OpsD, 4, 2, 2, 2>("avx2");
+  auto t = avx2::make_table<avx2::OpsD, 4, 2, 2, 2>("avx2");
+  t.vgrid_fwd_lim = t.vgrid_grad_lim = kVgridLim;
+  return t;
 }
 
 }  // namespace cpu

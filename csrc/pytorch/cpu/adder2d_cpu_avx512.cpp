@@ -83,12 +83,13 @@ struct OpsD {
 // accumulators, 2 strip vectors, broadcast, temporaries); grad_X MK x 2
 // (12 inputs, 12 accumulators, 2 grad_out vectors, constants). Strip width
 // 32 floats / 16 doubles.
-// Virtual-grid limits measured on ResNet-20/50 layers (Zen 5, one thread,
-// float32, the grid vs the segment copies): forward 0.74-0.92x on 1x1
-// layers, 0.83x on 8x8 and 16x16 maps at O = 32-64, 0.92-0.96x on 28x28
-// and 56x56, but 1.04x on 14x14 at O = 256 and 1.15x on 7x7 at O = 512;
-// grad_X (which also saves the col2im segments) 0.78-0.94x up to 14x14 at
-// O = 256, 1.075x on 7x7 at O = 512.
+// Virtual-grid limits (O/groups * (Wp - OW) <= lim * OW) from one-thread
+// A/Bs on ResNet-20/50 layers (Zen 5, float32, grid / segment copies;
+// 3x3 layers have Wp - OW = 1): forward 0.74-0.92x on 1x1 layers, 0.83-0.85x
+// on 8x8 and 16x16 maps at O <= 64 (O/OW <= 8), 0.97x at 28x28 and 56x56,
+// 0.99x on 14x14 at O = 256 (18) and 1.06x on 7x7 at O = 512 (73); grad_X
+// (which also saves the col2im segments) 0.74-0.92x up to 14x14 at
+// O = 256, 0.98x on 7x7 at O = 512.
 KernelTable<float> avx512_table_float() {
   auto t = avx512::make_table<avx512::OpsF, 8, 2, 6, 2>("avx512");
   t.vgrid_fwd_lim = 16;
