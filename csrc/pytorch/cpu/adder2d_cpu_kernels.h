@@ -1,10 +1,10 @@
 // Register-blocked micro-kernels of adder2d on packed panels, written once
 // against a small vector-ops interface `Ops` and compiled per ISA: each
 // including TU defines ADDER_ISA_NS (so instantiations of different targets
-// never merge at link time) and its own Ops (AVX2 intrinsics or portable
-// GCC vectors). Self-contained: no ATen here, so the TU compiled with
-// `#pragma GCC target("avx2,fma")` has no target-specific code of other
-// libraries inlined into it.
+// never merge at link time) and its own Ops (AVX-512 or AVX2 intrinsics, or
+// portable GCC vectors). Self-contained: no ATen here, so the TUs compiled
+// with `#pragma GCC target(...)` have no target-specific code of other
+// libraries inlined into them.
 //
 // Packed layouts (NR = NV * Ops::kLanes positions per strip):
 //   A  (forward weight panel)  [K][MR]       A[k*MR + r] = W[o0 + r, k]
