@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from adder_mm.ops import adder2d_reference, ext_info
+from conftest import CPU_ISAS
 
 pytestmark = pytest.mark.skipif(
     not ext_info()['cpu'],
@@ -34,6 +35,34 @@ CASES = [
     (2, 3, 6, 32, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (2, 3, 5, 41, 5, 3, 3, (1, 2), (1, 1), (1, 1), 1),  # stride 2 along W
     (1, 2, 5, 40, 3, 3, 3, (1, 1), (2, 3), (1, 2), 1),  # dilated W, wide pad
+    # Edges of the 32-slot AVX-512 strip (16 for AVX2): 7x7 maps (strips
+    # cross rows and images; O % 8 and rows % 6 != 0); all positions in
+    # less than one strip; OW one more / one less than the strip; two
+    # full strips per row with padding at both edges; stride 2 and
+    # dilation 2 landing on OW = 32; groups of one tile each; two forward
+    # K-blocks (14x14, 24 channels: 14 + 10); a 1x1 layer with two
+    # K-blocks (300 channels); strided 1x1 (grad_X pixels no tap reads).
+    (3, 5, 7, 7, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 2, 3, 3, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 2, 5, 33, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 2, 5, 31, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 3, 4, 64, 9, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 4, 9, 64, 8, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    (1, 3, 6, 36, 5, 3, 3, (1, 1), (2, 2), (2, 2), 1),
+    (2, 16, 9, 9, 16, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+    (2, 24, 14, 14, 20, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 300, 3, 5, 12, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (2, 6, 9, 11, 10, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+    # The stride-1 virtual grid (OH x (W + 2 pad) positions read from
+    # zero-padded windows): forward chunks spanning images (16x16, O = 8),
+    # grad_X tasks of 4 and 2 images (8x8), dilated rows with unequal
+    # padding and a 2x3 kernel, a 3x1 kernel without padding (read in
+    # place), groups.
+    (5, 3, 16, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (6, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 3, 12, 20, 5, 2, 3, (1, 1), (2, 1), (2, 1), 1),
+    (2, 3, 9, 10, 4, 3, 1, (1, 1), (0, 0), (1, 1), 1),
+    (2, 8, 10, 12, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),
 ]
 
 
@@ -58,6 +87,10 @@ def _run(case, dtype, offset=0.0):
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_matches_reference(case, dtype, cpu_isa):
     y, ref, gx, gx_ref = _run(case, dtype)
+    _check(y, ref, gx, gx_ref, dtype)
+
+
+def _check(y, ref, gx, gx_ref, dtype):
     assert y.dtype == dtype and gx.dtype == dtype
     assert torch.isfinite(y).all() and torch.isfinite(gx).all()
     rtol = 1e-12 if dtype == torch.float64 else 2e-6
@@ -75,8 +108,135 @@ def test_large_common_offset_float32():
     assert err <= 1e-5 * ref.abs().max().item() + 1e-3
 
 
-@pytest.mark.parametrize('case', [CASES[1], CASES[6]])
-def test_bit_identical_across_runs_and_threads(case):
+# ResNet-50 3x3 layers at batch 2: (C, H, W, O); K = 9 * C. layer4.1.conv2
+# (7x7, K = 4608: strips cross images) and layer3.1.conv2 (14x14).
+R50_LAYERS = [(512, 7, 7, 512), (256, 14, 14, 256)]
+# float32 unit roundoff
+U32 = 2.0**-24
+
+
+def _r50_case(layer):
+    c, h, w, o = layer
+    return (2, c, h, w, o, 3, 3, (1, 1), (1, 1), (1, 1), 1)
+
+
+def _grid(shape, gen, half_range, step):
+    """Random multiples of `step` in [-half_range, half_range]."""
+    n = int(2 * half_range / step)
+    return (torch.randint(0, n + 1, shape, generator=gen,
+                          dtype=torch.float64) * step - half_range)
+
+
+def _kernels(case, x, wt, gout):
+    args = (list(case[7]), list(case[8]), list(case[9]), case[10])
+    y = torch.ops.adder_mm.adder2d_forward(x, wt, None, *args)
+    gx = torch.ops.adder_mm.adder2d_backward_input(gout, x, wt, *args)
+    return y, gx
+
+
+@pytest.mark.parametrize('layer', R50_LAYERS)
+def test_resnet50_layer_exact_on_a_grid(layer, cpu_isa):
+    """Every partial sum exactly representable: no tolerance at all.
+
+    x, w are multiples of 1/4 in [-4, 4] and grad_out multiples of 1/8 in
+    [-2, 2], so every |x - w| (<= 8), every forward partial sum (<= 8 K
+    = 36864 in steps of 1/4 < 2**24 steps), every clamp(w - x) * g (steps
+    of 1/32) and every grad_X sum (<= 2 * 9 * 512 in steps of 1/32) is a
+    float32 number: the float32 kernels must equal the float64 reference
+    bit for bit at every level, so a dropped, doubled or misplaced tap
+    (or an unwritten element) cannot pass.
+    """
+    case = _r50_case(layer)
+    n, c, h, w, o = case[:5]
+    gen = torch.Generator().manual_seed(c)
+    x = _grid((n, c, h, w), gen, 4, 0.25)
+    wt = _grid((o, c, 3, 3), gen, 4, 0.25)
+    gout = _grid((n, o, h, w), gen, 2, 0.125)
+    x64 = x.clone().requires_grad_()
+    ref = adder2d_reference(x64, wt, None, 1, 1)
+    gx_ref, = torch.autograd.grad(ref, x64, gout)
+    # not degenerate: outputs take many values
+    assert ref.unique().numel() > 1000 and gx_ref.unique().numel() > 1000
+    y, gx = _kernels(case, x.float(), wt.float(), gout.float())
+    assert torch.equal(y.double(), ref.detach())
+    assert torch.equal(gx.double(), gx_ref)
+
+
+@pytest.mark.parametrize('layer', R50_LAYERS)
+def test_resnet50_layer_float32_rounding(layer, cpu_isa):
+    """Random N(0, 1) data: every element within a bound from float32
+    rounding, tight enough that one dropped term is over it.
+
+    Forward: each output sums K non-negative terms in one sequential chain;
+    the rounding errors of such a chain grow like sqrt(K) u |y| (u = 2**-24;
+    ~1.1 sqrt(K) u |y| was the largest seen at K = 4608), so the bound is
+    4 sqrt(K) u |y|. grad_X: each pixel sums at most 9 O signed terms
+    clamp(w - x) g; its bound is 4 sqrt(9 O) u times the sum of |g| over
+    the terms (conv_transpose of |grad_out| with a kernel of ones), which
+    bounds every partial sum. The test checks that both bounds stay far
+    below the typical dropped term (E|x - w| = 1.13; E|clamp * g| ~ 0.5).
+    """
+    case = _r50_case(layer)
+    n, c, h, w, o = case[:5]
+    gen = torch.Generator().manual_seed(c + 1)
+    x = torch.randn(n, c, h, w, generator=gen).double()
+    wt = torch.randn(o, c, 3, 3, generator=gen).double()
+    gout = torch.randn(n, o, h, w, generator=gen).double()
+    x64 = x.clone().requires_grad_()
+    ref = adder2d_reference(x64, wt, None, 1, 1)
+    gx_ref, = torch.autograd.grad(ref, x64, gout)
+    ref = ref.detach()
+    k = c * 9
+    tol_y = 4 * k**0.5 * U32 * ref.abs()
+    abs_terms = torch.nn.functional.conv_transpose2d(
+        gout.abs(), torch.ones(o, c, 3, 3, dtype=torch.float64), padding=1)
+    tol_gx = 4 * (9 * o)**0.5 * U32 * abs_terms
+    assert tol_y.max() < 0.1 and tol_gx.max() < 0.1
+    y, gx = _kernels(case, x.float(), wt.float(), gout.float())
+    err_y = (y.double() - ref).abs()
+    err_gx = (gx.double() - gx_ref).abs()
+    print('error / bound:', (err_y / tol_y).max().item(),
+          (err_gx / tol_gx).max().item())
+    assert (err_y <= tol_y).all(), (err_y / tol_y).max()
+    assert (err_gx <= tol_gx).all(), (err_gx / tol_gx).max()
+
+
+def test_outputs_fully_written_poisoned(run_python):
+    """Outputs come from torch.empty; in a process whose malloc fills new
+    blocks with 0x7f bytes (glibc MALLOC_PERTURB_), an element a kernel
+    leaves unwritten reads 3.4e38 (float32) / 1.4e306 (float64) and fails
+    the reference comparison (strided 1x1 grad_X has pixels no tap reads:
+    there an unwritten zero-initialised output would pass unnoticed)."""
+    out = run_python(
+        'import torch\n'
+        'from adder_mm.ops import machine_cpu_isa, set_cpu_isa\n'
+        'import test_ops_cpu_kernel as t\n'
+        'probe = torch.empty(1 << 20)\n'
+        'if not (probe == 3.3961514e38).all():\n'
+        '    print("no poison")\n'
+        'else:\n'
+        '    levels = t.CPU_ISAS[:t.CPU_ISAS.index(machine_cpu_isa()) + 1]\n'
+        '    for isa in levels:\n'
+        '        set_cpu_isa(isa)\n'
+        '        for dtype in (torch.float32, torch.float64):\n'
+        '            for case in t.CASES:\n'
+        '                y, ref, gx, gx_ref = t._run(case, dtype)\n'
+        '                t._check(y, ref, gx, gx_ref, dtype)\n'
+        '        print("checked", isa)\n'
+        'print("ok")\n',
+        env=dict(MALLOC_PERTURB_='128',
+                 PYTHONPATH=os.pathsep.join(
+                     [os.path.dirname(__file__)] + sys.path)),
+        timeout=600)
+    if 'no poison' in out:
+        pytest.skip('malloc does not honour MALLOC_PERTURB_ (not glibc?)')
+    from adder_mm.ops import machine_cpu_isa
+    for isa in CPU_ISAS[:CPU_ISAS.index(machine_cpu_isa()) + 1]:
+        assert f'checked {isa}' in out
+
+
+@pytest.mark.parametrize('case', [CASES[1], CASES[6], CASES[10]])
+def test_bit_identical_across_runs_and_threads(case, cpu_isa):
     before = torch.get_num_threads()
     try:
         outs = []

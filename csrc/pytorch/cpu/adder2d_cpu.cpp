@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #include "../adder2d.h"
 #include "adder2d_cpu_isa.h"
@@ -61,7 +62,9 @@ template <>
 struct Tables<float> {
   static KernelTable<float> get(cpu::Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
+    static const KernelTable<float> avx512 = cpu::avx512_table_float();
     static const KernelTable<float> avx2 = cpu::avx2_table_float();
+    if (isa >= cpu::Isa::kAvx512) return avx512;
     if (isa >= cpu::Isa::kAvx2) return avx2;
 #endif
     static const KernelTable<float> generic = cpu::generic_table_float();
@@ -73,7 +76,9 @@ template <>
 struct Tables<double> {
   static KernelTable<double> get(cpu::Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
+    static const KernelTable<double> avx512 = cpu::avx512_table_double();
     static const KernelTable<double> avx2 = cpu::avx2_table_double();
+    if (isa >= cpu::Isa::kAvx512) return avx512;
     if (isa >= cpu::Isa::kAvx2) return avx2;
 #endif
     static const KernelTable<double> generic = cpu::generic_table_double();
@@ -140,7 +145,7 @@ struct ChunkGeom {
 // im2col / col2im work one segment (a run of strip slots on one output row
 // of one image) at a time: per (c, i) one bounds test, per tap one bounds
 // test and a copy of `count` slots. A full-width segment at stride 1 (NR
-// divides OW: the common case) is a fixed-size copy, 64 bytes for float.
+// divides OW: the common case) is a fixed-size copy (NR elements).
 // Before this structure the copies cost more than the tile reading them
 // at O = 16 (ResNet-20 stage 1).
 
@@ -219,6 +224,7 @@ template <typename T, int NR>
 void im2col_chunk(const T* x, const ChunkGeom& cg, int64_t q0, int64_t len,
                   T* buf) {
   const Adder2dParams& p = *cg.p;
+  static_assert(NR <= 64, "a strip has at most one segment per slot");
   Segment segs[64];
   const int64_t ns = ceil_div(len, NR);
   for (int64_t s = 0; s < ns; ++s) {
@@ -310,6 +316,163 @@ void col2im_chunk(const T* buf, const ChunkGeom& cg, int64_t q0, int64_t len,
   }
 }
 
+// Virtual grid (stride-1 layers). With output positions counted on an
+// OH x Wp grid (Wp >= OW, see make_vgrid; the columns ow >= OW are
+// computed and dropped), tap (i, j) of position l = oh*Wp + ow reads pixel
+// l + i*dh*Wp + j*dw of a zero-padded copy of the image, so the slots of a
+// strip read consecutive addresses within an image: im2col is one
+// contiguous copy per row k and image (fixed-size for a full strip), with
+// no row segments and no bounds tests, and col2im one contiguous add. On
+// maps that NR does not divide (all of ResNet-50's; ResNet-20's 16x16 and
+// 8x8) and at padding edges the segment copies above cost more than the
+// extra (Wp - OW)/OW lanes, the more so the larger the share of the copies
+// (small O/groups, fast tiles): used where O/groups * (Wp - OW) <= lim * OW
+// with the table's lim (KernelTable::vgrid_*_lim), which always includes
+// the 1x1 stride-1 layers (Wp == OW: no extra lanes). The padded copies
+// are per chunk (forward: the rows its positions need) or per task
+// (grad_X: whole images), so scratch stays per-thread and small.
+struct VGrid {
+  int64_t Wp;     // padded row length
+  int64_t LV;     // OH * Wp positions per image
+  int64_t slack;  // elements read past a padded plane: (KW-1)*dw
+};
+
+// One zero gap of pad_w columns between rows serves as the right padding
+// of a row and the left padding of the next (stride 1 reads at most pad_w
+// columns past either edge), so Wp = W + pad_w, not W + 2*pad_w: half the
+// extra lanes of a 3x3 layer (forward 7x7 at O = 512: 1.21x -> 1.06x the
+// segment path). At least OW, which exceeds it when the padding is wider
+// than the taps reach.
+inline VGrid make_vgrid(const Adder2dParams& p) {
+  const int64_t Wp = std::max(p.W + p.pad_w, p.OW);
+  return VGrid{Wp, p.OH * Wp, (p.KW - 1) * p.dil_w};
+}
+
+inline bool use_vgrid(const Adder2dParams& p, int64_t lim) {
+  const int64_t extra = make_vgrid(p).Wp - p.OW;
+  return p.stride_h == 1 && p.stride_w == 1 &&
+         p.cout_per_group() * extra <= lim * p.OW;
+}
+
+// dst[r][pw + x] = src[ih0 + r][x] for the rows r in [0, rows) whose input
+// row ih0 + r lies in [0, H); every other element of the `rows` x Wp block
+// is zero.
+template <typename T>
+void pad_rows(const T* src, const Adder2dParams& p, int64_t Wp, int64_t ih0,
+              int64_t rows, T* dst) {
+  for (int64_t r = 0; r < rows; ++r, dst += Wp) {
+    const int64_t ih = ih0 + r;
+    if (ih < 0 || ih >= p.H) {
+      std::memset(dst, 0, sizeof(T) * Wp);
+      continue;
+    }
+    std::memset(dst, 0, sizeof(T) * p.pad_w);
+    std::memcpy(dst + p.pad_w, src + ih * p.W, sizeof(T) * p.W);
+    std::memset(dst + p.pad_w + p.W, 0, sizeof(T) * (Wp - p.W - p.pad_w));
+  }
+}
+
+// One image's part of a zero-padded window: `base` holds `chans` planes of
+// `plane` elements (padded rows r0 .. of the image) + slack; virtual
+// position l of the image (l >= r0 * Wp) reads base + l - r0 * Wp + off(k).
+template <typename T>
+struct WinImage {
+  int64_t img, r0;
+  const T* base;
+  int64_t plane;
+};
+
+// im2col on the virtual grid: buf[s][k][slot] = window pixel of position
+// q0 + s*NR + slot at tap k of the `chans` channels (zero for slots past
+// `len` and rows past `rows`). `imgs` covers every image of [q0, q0+len).
+template <typename T, int NR>
+void im2col_vgrid(const WinImage<T>* imgs, const Adder2dParams& p,
+                  const VGrid& vg, int64_t chans, int64_t rows,
+                  int64_t rows_pad, int64_t q0, int64_t len, T* buf) {
+  const int64_t ns = ceil_div(len, NR), img0 = q0 / vg.LV;
+  const int64_t rstep = p.dil_h * vg.Wp;
+  for (int64_t s = 0; s < ns; ++s) {
+    T* dst = buf + s * rows_pad * NR;
+    const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+    for (int u0 = 0; u0 < valid;) {  // runs within one image
+      const int64_t q = q0 + s * NR + u0, n = q / vg.LV, l = q % vg.LV;
+      const int cnt =
+          static_cast<int>(std::min<int64_t>(valid - u0, vg.LV - l));
+      const WinImage<T>& wi = imgs[n - img0];
+      const T* src = wi.base + (l - wi.r0 * vg.Wp);
+      T* out = dst + u0;
+      for (int64_t c = 0; c < chans; ++c)
+        for (int64_t i = 0; i < p.KH; ++i)
+          for (int64_t j = 0; j < p.KW; ++j, out += NR) {
+            const T* in = src + c * wi.plane + i * rstep + j * p.dil_w;
+            if (cnt == NR)
+              std::memcpy(out, in, sizeof(T) * NR);
+            else
+              std::memcpy(out, in, sizeof(T) * cnt);
+          }
+      u0 += cnt;
+    }
+    if (valid < NR)
+      for (int64_t k = 0; k < rows; ++k)
+        for (int t = valid; t < NR; ++t) dst[k * NR + t] = T(0);
+    for (int64_t k = rows; k < rows_pad; ++k)
+      for (int t = 0; t < NR; ++t) dst[k * NR + t] = T(0);
+  }
+}
+
+// col2im on the virtual grid, the adjoint of im2col_vgrid for a window that
+// holds whole padded images (r0 = 0): gxpad pixel += buf[s][k][slot]. Taps
+// j run outermost so that consecutive adds go to different rows (taps j
+// and j+1 of one row overlap shifted by one element, which would stall
+// store-to-load forwarding). The order is fixed by the shape.
+template <typename T, int NR>
+void col2im_vgrid(const T* buf, const Adder2dParams& p, const VGrid& vg,
+                  int64_t chans, int64_t rows_pad, int64_t img_stride,
+                  int64_t plane, int64_t q0, int64_t len, T* gxpad) {
+  const int64_t ns = ceil_div(len, NR);
+  const int64_t rstep = p.dil_h * vg.Wp;
+  for (int64_t s = 0; s < ns; ++s) {
+    const T* col = buf + s * rows_pad * NR;
+    const int valid = static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+    for (int u0 = 0; u0 < valid;) {
+      const int64_t q = q0 + s * NR + u0, n = q / vg.LV, l = q % vg.LV;
+      const int cnt =
+          static_cast<int>(std::min<int64_t>(valid - u0, vg.LV - l));
+      T* dst = gxpad + n * img_stride + l;
+      for (int64_t j = 0; j < p.KW; ++j)
+        for (int64_t c = 0; c < chans; ++c)
+          for (int64_t i = 0; i < p.KH; ++i) {
+            T* __restrict d = dst + c * plane + i * rstep + j * p.dil_w;
+            const T* __restrict a =
+                col + ((c * p.KH + i) * p.KW + j) * NR + u0;
+            if (cnt == NR)
+              add_row<T, NR>(d, a);
+            else
+              for (int t = 0; t < cnt; ++t) d[t] += a[t];
+          }
+      u0 += cnt;
+    }
+  }
+}
+
+// Calls f(u, cnt, n, l) for each run of slots [u, u + cnt) of a strip
+// starting at virtual position q that are real output positions (ow < OW)
+// of image n, starting at output position l = oh*OW + ow.
+template <typename F>
+void vgrid_output_runs(const Adder2dParams& p, const VGrid& vg, int64_t q,
+                       int valid, F f) {
+  for (int u = 0; u < valid;) {
+    const int64_t n = (q + u) / vg.LV, lv = (q + u) % vg.LV;
+    const int64_t oh = lv / vg.Wp, ow = lv % vg.Wp;
+    const int left = static_cast<int>(std::min<int64_t>(valid - u, vg.Wp - ow));
+    if (ow < p.OW) {
+      const int cnt = static_cast<int>(std::min<int64_t>(left, p.OW - ow));
+      f(u, cnt, n, oh * p.OW + ow);
+    }
+    u += left;
+  }
+}
+
 // Positions per chunk: whole strips, about kChunkBytes of packed im2col.
 // Depends on the shape only (never on the thread count).
 int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
@@ -345,7 +508,12 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
               1, kStripBlockBytes /
                      (KK * NR * static_cast<int64_t>(sizeof(T)))));
   const int64_t nkb = ceil_div(Cg, cb);
-  const int64_t NL = p.N * L;
+  // Positions: N*L, or N*OH*Wp on the virtual grid.
+  const bool vgrid = use_vgrid(p, kt.vgrid_fwd_lim);
+  const VGrid vg = make_vgrid(p);
+  // Padding 0 and one tap column: the input itself is the padded image.
+  const bool vdirect = vgrid && p.pad_h == 0 && p.pad_w == 0 && p.KW == 1;
+  const int64_t NL = p.N * (vgrid ? vg.LV : L);
 
   // Weight panels [G][K-block][nob][kc][MR] (zero rows past Og, whose
   // results are dropped): the tiles of one K-block read one contiguous
@@ -381,7 +549,17 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
       1, kPanelBytes / (cb * KK * MR * static_cast<int64_t>(sizeof(T))));
 
   const int64_t nthreads = at::get_num_threads();
-  Scratch<T> bufs(PC * cb * KK, nthreads), accs(PC * nob * MR, nthreads);
+  // Virtual grid: per chunk and K-block a zero-padded window of the rows
+  // the chunk's images need (whole rows, plus KH-1 dilated rows below).
+  const int64_t win_imgs =
+      vgrid ? std::min(p.N, ceil_div(PC, vg.LV) + 1) : 0;
+  const int64_t win_elems =
+      vgrid && !vdirect
+          ? cb * (PC + win_imgs * (2 + (p.KH - 1) * p.dil_h) * vg.Wp) +
+                win_imgs * vg.slack
+          : 0;
+  Scratch<T> bufs(PC * cb * KK, nthreads), accs(PC * nob * MR, nthreads),
+      wins(win_elems, nthreads);
   at::parallel_for(0, G * nchunk, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
@@ -389,6 +567,8 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
         std::min<int64_t>(at::get_thread_num(), nthreads - 1);
     T* const buf = bufs.slice(tid);  // [strip][kc][NR]
     T* const acc = accs.slice(tid);  // [strip][ob][MR][NR]
+    T* const win = wins.slice(tid);
+    std::vector<WinImage<T>> imgs(win_imgs);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t g = t / nchunk, c = t % nchunk;
       const int64_t q0 = c * PC, len = std::min(PC, NL - q0);
@@ -397,8 +577,36 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t c0 = kb * cb, chans = std::min(cb, Cg - c0);
         const int64_t k0 = c0 * KK, kc = chans * KK;
-        const ChunkGeom cg{&p, chans, kc, kc, p.C * HW};
-        im2col_chunk<T, NR>(x + (g * Cg + c0) * HW, cg, q0, len, buf);
+        if (vgrid) {
+          // The window of each image of [q0, q0 + len): its virtual rows
+          // r0..r1 and the KH-1 dilated rows below, for the block's
+          // channels.
+          T* wp = win;
+          const int64_t n0 = q0 / vg.LV, n1 = (q0 + len - 1) / vg.LV;
+          for (int64_t n = n0; n <= n1; ++n) {
+            const T* ximg = x + (n * p.C + g * Cg + c0) * HW;
+            if (vdirect) {
+              imgs[n - n0] = WinImage<T>{n, 0, ximg, HW};
+              continue;
+            }
+            const int64_t a = std::max(q0, n * vg.LV) - n * vg.LV;
+            const int64_t b = std::min(q0 + len, (n + 1) * vg.LV) - n * vg.LV;
+            const int64_t r0 = a / vg.Wp, r1 = (b - 1) / vg.Wp;
+            const int64_t wrows = r1 - r0 + 1 + (p.KH - 1) * p.dil_h;
+            const int64_t plane = wrows * vg.Wp;
+            for (int64_t ch = 0; ch < chans; ++ch)
+              pad_rows(ximg + ch * HW, p, vg.Wp, r0 - p.pad_h, wrows,
+                       wp + ch * plane);
+            std::memset(wp + chans * plane, 0, sizeof(T) * vg.slack);
+            imgs[n - n0] = WinImage<T>{n, r0, wp, plane};
+            wp += chans * plane + vg.slack;
+          }
+          im2col_vgrid<T, NR>(imgs.data(), p, vg, chans, kc, kc, q0, len,
+                              buf);
+        } else {
+          const ChunkGeom cg{&p, chans, kc, kc, p.C * HW};
+          im2col_chunk<T, NR>(x + (g * Cg + c0) * HW, cg, q0, len, buf);
+        }
         for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
           const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
           for (int64_t s = 0; s < ns; ++s) {
@@ -413,6 +621,17 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
       for (int64_t s = 0; s < ns; ++s) {
         const int valid =
             static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+        if (vgrid) {
+          vgrid_output_runs(
+              p, vg, q0 + s * NR, valid,
+              [&](int u, int cnt, int64_t n, int64_t l) {
+                for (int64_t o = 0; o < Og; ++o)
+                  std::memcpy(y + (n * p.O + g * Og + o) * L + l,
+                              acc + (s * nob * MR + o) * NR + u,
+                              sizeof(T) * cnt);
+              });
+          continue;
+        }
         // Runs of slots within one image.
         for (int u0 = 0; u0 < valid;) {
           const int64_t q = q0 + s * NR + u0, n = q / L, l = q % L;
@@ -473,10 +692,22 @@ void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
     }
   });
 
-  const int64_t PC = chunk_positions(K, nimg * L, NR, sizeof(T));
+  // Virtual grid: the task pads its images' channels of x into xpad and
+  // folds into gxpad (whole padded planes + slack), then copies gxpad's
+  // interior to gx. Padding 0 with one tap column: x and gx themselves.
+  const bool vgrid = use_vgrid(p, kt.vgrid_grad_lim);
+  const VGrid vg = make_vgrid(p);
+  const bool vdirect = vgrid && p.pad_h == 0 && p.pad_w == 0 && p.KW == 1;
+  const int64_t Hp = p.H + 2 * p.pad_h, plane = vgrid ? Hp * vg.Wp : HW;
+  const int64_t LT = vgrid ? vg.LV : L;  // positions per image
+  const int64_t pad_elems =
+      vgrid && !vdirect ? nimg * cpb * plane + vg.slack : 0;
+
+  const int64_t PC = chunk_positions(K, nimg * LT, NR, sizeof(T));
 
   Scratch<T> xbufs(PC * rows_pad_max, nthreads), cbufs(PC * rows_pad_max, nthreads),
-      gbufs(PC * Og, nthreads);
+      gbufs(PC * Og, nthreads), xpads(pad_elems, nthreads),
+      gxpads(pad_elems, nthreads);
   at::parallel_for(0, nig * G * nblk, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
@@ -485,10 +716,12 @@ void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
     T* const xbuf = xbufs.slice(tid);
     T* const cbuf = cbufs.slice(tid);
     T* const gbuf = gbufs.slice(tid);
+    std::vector<WinImage<T>> imgs(vgrid ? nimg : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n0 = (t / (G * nblk)) * nimg, g = (t / nblk) % G,
                     blk = t % nblk;
-      const int64_t TL = std::min(nimg, p.N - n0) * L;  // task positions
+      const int64_t ni = std::min(nimg, p.N - n0);  // task images
+      const int64_t TL = ni * LT;                   // task positions
       const int64_t c0 = g * Cg + blk * cpb;
       const int64_t channels = std::min(cpb, Cg - blk * cpb);
       const int64_t rows = channels * KK;
@@ -496,20 +729,62 @@ void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
       const ChunkGeom cg{&p, channels, rows, rows_pad, p.C * HW};
       const T* xin = x + (n0 * p.C + c0) * HW;
       T* gout = gx + (n0 * p.C + c0) * HW;
-      for (int64_t n = 0; n < TL / L; ++n)
-        std::fill(gout + n * p.C * HW, gout + n * p.C * HW + channels * HW,
-                  T(0));
+      // Where col2im folds: gx itself or the padded planes of the task.
+      T* gfold = gout;
+      int64_t fold_img_stride = p.C * HW;
+      if (!vgrid || vdirect) {
+        for (int64_t n = 0; n < ni; ++n)
+          std::fill(gout + n * p.C * HW, gout + n * p.C * HW + channels * HW,
+                    T(0));
+      }
+      if (vgrid) {
+        T* const xpad = xpads.slice(tid);
+        for (int64_t n = 0; n < ni; ++n) {
+          if (vdirect) {
+            imgs[n] = WinImage<T>{n, 0, xin + n * p.C * HW, HW};
+            continue;
+          }
+          T* xp = xpad + n * channels * plane;
+          for (int64_t ch = 0; ch < channels; ++ch)
+            pad_rows(xin + n * p.C * HW + ch * HW, p, vg.Wp, -p.pad_h, Hp,
+                     xp + ch * plane);
+          imgs[n] = WinImage<T>{n, 0, xp, plane};
+        }
+        if (!vdirect) {
+          std::memset(xpad + ni * channels * plane, 0, sizeof(T) * vg.slack);
+          gfold = gxpads.slice(tid);
+          fold_img_stride = channels * plane;
+          std::fill(gfold, gfold + ni * channels * plane + vg.slack, T(0));
+        }
+      }
       const int64_t nchunk = ceil_div(TL, PC);
       const T* wt = WT + (g * nblk + blk) * nkb_max * Og * MK;
       for (int64_t c = 0; c < nchunk; ++c) {
         const int64_t q0 = c * PC, len = std::min(PC, TL - q0);
         const int64_t ns = ceil_div(len, NR);
-        im2col_chunk<T, NR>(xin, cg, q0, len, xbuf);
-        // gbuf[s][o][slot] = G[n, g*Og + o, q0 + s*NR + slot], zero past len
-        // (a zero gradient adds nothing to the padded slots).
+        if (vgrid)
+          im2col_vgrid<T, NR>(imgs.data() + q0 / LT, p, vg, channels, rows,
+                              rows_pad, q0, len, xbuf);
+        else
+          im2col_chunk<T, NR>(xin, cg, q0, len, xbuf);
+        // gbuf[s][o][slot] = G[n, g*Og + o, position of slot], zero past len
+        // and in the virtual grid's dropped columns (a zero gradient adds
+        // nothing there).
         for (int64_t s = 0; s < ns; ++s) {
           const int valid =
               static_cast<int>(std::min<int64_t>(NR, len - s * NR));
+          if (vgrid) {
+            std::fill(gbuf + s * Og * NR, gbuf + (s + 1) * Og * NR, T(0));
+            vgrid_output_runs(
+                p, vg, q0 + s * NR, valid,
+                [&](int u, int cnt, int64_t n, int64_t l) {
+                  for (int64_t o = 0; o < Og; ++o)
+                    std::memcpy(gbuf + (s * Og + o) * NR + u,
+                                go + ((n0 + n) * p.O + g * Og + o) * L + l,
+                                sizeof(T) * cnt);
+                });
+            continue;
+          }
           for (int u0 = 0; u0 < valid;) {  // runs within one image
             const int64_t q = q0 + s * NR + u0, n = n0 + q / L, l = q % L;
             const int cnt =
@@ -531,19 +806,36 @@ void backward_input_nr(const KernelTable<T>& kt, const T* go, const T* x,
             kt.bwd_tile(Og, wt + kb * Og * MK, gs, xs + kb * MK * NR,
                         cs + kb * MK * NR);
         }
-        col2im_chunk<T, NR>(cbuf, cg, q0, len, gout);
+        if (vgrid)
+          col2im_vgrid<T, NR>(cbuf, p, vg, channels, rows_pad,
+                              fold_img_stride, vdirect ? HW : plane, q0, len,
+                              gfold);
+        else
+          col2im_chunk<T, NR>(cbuf, cg, q0, len, gout);
+      }
+      if (vgrid && !vdirect) {  // the interior of the padded planes
+        for (int64_t n = 0; n < ni; ++n)
+          for (int64_t ch = 0; ch < channels; ++ch) {
+            const T* src = gfold + (n * channels + ch) * plane +
+                           p.pad_h * vg.Wp + p.pad_w;
+            T* dst = gout + n * p.C * HW + ch * HW;
+            for (int64_t yy = 0; yy < p.H; ++yy)
+              std::memcpy(dst + yy * p.W, src + yy * vg.Wp,
+                          sizeof(T) * p.W);
+          }
       }
     }
   });
 }
 
 // The strip width is a compile-time constant of im2col/col2im (fixed-size
-// copies); the tables use 4, 8 or 16.
+// copies); the tables use 4, 8, 16 or 32 (AVX-512 float).
 #define ADDER_DISPATCH_NR(nr, ...)                                        \
   switch (nr) {                                                           \
     case 4: { constexpr int kNR = 4; __VA_ARGS__; break; }                \
     case 8: { constexpr int kNR = 8; __VA_ARGS__; break; }                \
     case 16: { constexpr int kNR = 16; __VA_ARGS__; break; }              \
+    case 32: { constexpr int kNR = 32; __VA_ARGS__; break; }              \
     default: TORCH_CHECK(false, "adder2d: unsupported strip width ", nr); \
   }
 

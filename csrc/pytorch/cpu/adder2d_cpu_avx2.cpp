@@ -31,7 +31,7 @@ struct OpsF {
   // a - b on an FMA pipe: -(b * 1) + a rounds once, so it equals vsubps
   // bit for bit, but leaves the two FADD pipes of Zen 2/3 (which also run
   // min/max) to the accumulate and the clamp: +25-35% measured per tile.
-  static V sub(V a, V b) {
+  static V sub(V a, V b, int) {
     return _mm256_fnmadd_ps(b, _mm256_set1_ps(1.0f), a);
   }
   static V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
@@ -39,6 +39,9 @@ struct OpsF {
   static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V clamp1(V d) {
+    return min(max(d, _mm256_set1_ps(-1.0f)), _mm256_set1_ps(1.0f));
+  }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -51,13 +54,16 @@ struct OpsD {
   static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
   static V set1(T a) { return _mm256_set1_pd(a); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static V sub(V a, V b) {
+  static V sub(V a, V b, int) {
     return _mm256_fnmadd_pd(b, _mm256_set1_pd(1.0), a);
   }
   static V neg(V a) { return _mm256_xor_pd(a, _mm256_set1_pd(-0.0)); }
   static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
   static V min(V a, V b) { return _mm256_min_pd(a, b); }
   static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static V clamp1(V d) {
+    return min(max(d, _mm256_set1_pd(-1.0)), _mm256_set1_pd(1.0));
+  }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
@@ -69,11 +75,22 @@ constexpr int kFwdMrF = 4;
 // Tile shapes: forward MR x (NV vectors) keeps MR*NV accumulators, NV
 // input vectors, one broadcast, one temporary and the sign mask in the 16
 // ymm registers; grad_X holds MK*NV inputs plus as many accumulators.
+// Virtual grid (adder2d_cpu.cpp) where O/groups * (Wp - OW) <= 8 * OW:
+// the tile is half as fast as AVX-512's, so the copies weigh less. One
+// thread, Zen 5, grid / segment copies: forward 0.91-0.96x and grad_X
+// 0.86-0.97x up to O/OW = 8 (1.00x at 4.6), but 1.03x / 1.02x on 14x14 at
+// O = 256 and 1.10x / 1.05x on 7x7 at O = 512.
+constexpr int kVgridLim = 8;
+
 KernelTable<float> avx2_table_float() {
-  return avx2::make_table<avx2::OpsF, kFwdMrF, 2, 2, 2>("avx2");
+  auto t = avx2::make_table<avx2::OpsF, kFwdMrF, 2, 2, 2>("avx2");
+  t.vgrid_fwd_lim = t.vgrid_grad_lim = kVgridLim;
+  return t;
 }
 KernelTable<double> avx2_table_double() {
-  return avx2::make_table<avx2::OpsD, 4, 2, 2, 2>("avx2");
+  auto t = avx2::make_table<avx2::OpsD, 4, 2, 2, 2>("avx2");
+  t.vgrid_fwd_lim = t.vgrid_grad_lim = kVgridLim;
+  return t;
 }
 
 }  // namespace cpu

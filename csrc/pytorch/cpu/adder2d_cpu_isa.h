@@ -11,6 +11,10 @@ KernelTable<double> generic_table_double();
 // Compiled with avx2+fma; call only where __builtin_cpu_supports says so.
 KernelTable<float> avx2_table_float();
 KernelTable<double> avx2_table_double();
+// Compiled with avx512f/bw/dq/vl; call only where cpu::machine_isa() is
+// kAvx512.
+KernelTable<float> avx512_table_float();
+KernelTable<double> avx512_table_double();
 
 }  // namespace cpu
 }  // namespace adder_mm

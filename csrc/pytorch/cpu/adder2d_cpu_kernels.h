@@ -1,10 +1,10 @@
 // Register-blocked micro-kernels of adder2d on packed panels, written once
 // against a small vector-ops interface `Ops` and compiled per ISA: each
 // including TU defines ADDER_ISA_NS (so instantiations of different targets
-// never merge at link time) and its own Ops (AVX2 intrinsics or portable
-// GCC vectors). Self-contained: no ATen here, so the TU compiled with
-// `#pragma GCC target("avx2,fma")` has no target-specific code of other
-// libraries inlined into it.
+// never merge at link time) and its own Ops (AVX-512 or AVX2 intrinsics, or
+// portable GCC vectors). Self-contained: no ATen here, so the TUs compiled
+// with `#pragma GCC target(...)` have no target-specific code of other
+// libraries inlined into them.
 //
 // Packed layouts (NR = NV * Ops::kLanes positions per strip):
 //   A  (forward weight panel)  [K][MR]       A[k*MR + r] = W[o0 + r, k]
@@ -14,6 +14,13 @@
 // Every element is reduced in a fixed sequential order (k ascending for the
 // forward, o ascending for grad_X) inside one register lane, so results do
 // not depend on blocking or on the number of threads.
+//
+// Ops: T, V, kLanes, zero, load, store, set1, add, neg, abs, fmadd, and
+//   sub(a, b, slot)  a - b; `slot` is the term's index in the tile (a
+//                    constant after unrolling), so an ISA may send
+//                    alternate subtracts to different pipes (bit-identical
+//                    forms only: a - b rounds once either way);
+//   clamp1(d)        min(max(d, -1), 1), exact (one op on AVX-512).
 #pragma once
 #include <cstdint>
 
@@ -51,7 +58,8 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
       const V a = Ops::set1(A[k * MR + r]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
-        acc[r][v] = Ops::add(acc[r][v], Ops::abs(Ops::sub(b[v], a)));
+        acc[r][v] =
+            Ops::add(acc[r][v], Ops::abs(Ops::sub(b[v], a, r * NV + v)));
     }
   }
 #pragma GCC unroll 16
@@ -74,7 +82,6 @@ void bwd_tile(int64_t Og, const typename Ops::T* WT, const typename Ops::T* Gp,
       x[r][v] = Ops::load(X + r * NR + v * L);
       acc[r][v] = Ops::zero();
     }
-  const V lo = Ops::set1(-1), hi = Ops::set1(1);
   for (int64_t o = 0; o < Og; ++o) {
     V g[NV];
 #pragma GCC unroll 4
@@ -84,7 +91,7 @@ void bwd_tile(int64_t Og, const typename Ops::T* WT, const typename Ops::T* Gp,
       const V w = Ops::set1(WT[o * MK + r]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        const V d = Ops::min(Ops::max(Ops::sub(w, x[r][v]), lo), hi);
+        const V d = Ops::clamp1(Ops::sub(w, x[r][v], r * NV + v));
         acc[r][v] = Ops::fmadd(d, g[v], acc[r][v]);
       }
     }
@@ -103,6 +110,8 @@ KernelTable<typename Ops::T> make_table(const char* isa) {
   t.nr = NV * Ops::kLanes;
   t.mr = MR;
   t.mk = MK;
+  t.vgrid_fwd_lim = 0;
+  t.vgrid_grad_lim = 0;
   t.fwd_tile = &fwd_tile<Ops, MR, NV>;
   t.bwd_tile = &bwd_tile<Ops, MK, NVB>;
   t.isa = isa;

@@ -10,6 +10,12 @@ struct KernelTable {
   int nr;  // positions per strip
   int mr;  // output channels per forward tile
   int mk;  // im2col rows per grad_X tile
+  // Where the stride-1 virtual grid (adder2d_cpu.cpp) pays: used when
+  // O/groups * (Wp - OW) <= lim * OW, i.e. where its extra lanes cost less
+  // than the row-segment copies they save; those cost more, relative to
+  // the tile, the faster the tile is. 0: only where Wp == OW (1x1 and
+  // other one-column kernels at stride 1: no extra lanes at all).
+  int vgrid_fwd_lim, vgrid_grad_lim;
   // S = (accumulate ? C[r*NR + s] : 0) + sum_k |B[k*NR+s] - A[k*MR+r]|
   // (k ascending); C[r*NR + s] = negate ? -S : S (negate on the last K-block)
   void (*fwd_tile)(int64_t K, const T* A, const T* B, T* C, bool accumulate,
