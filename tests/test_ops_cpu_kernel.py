@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
+from conftest import CPU_ISAS
 
 from adder_mm.ops import adder2d_reference, ext_info
-from conftest import CPU_ISAS
 
 pytestmark = pytest.mark.skipif(
     not ext_info()['cpu'],
@@ -77,7 +77,8 @@ def _run(case, dtype, offset=0.0):
     gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     gx_ref, = torch.autograd.grad(ref, x64, gout)
     args = (list(s), list(p), list(d), g)
-    y = torch.ops.adder_mm.adder2d_forward(x.to(dtype), wt.to(dtype), None, *args)
+    y = torch.ops.adder_mm.adder2d_forward(x.to(dtype), wt.to(dtype), None,
+                                           *args)
     gx = torch.ops.adder_mm.adder2d_backward_input(
         gout.to(dtype), x.to(dtype), wt.to(dtype), *args)
     return y, ref.detach(), gx, gx_ref
@@ -279,7 +280,8 @@ def test_isa_from_environment(run_python):
         'import torch\n'
         'import adder_mm.ops\n'
         'try:\n'
-        '    adder_mm.ops.adder2d(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))\n'
+        '    adder_mm.ops.adder2d(torch.randn(1, 1, 3, 3),\n'
+        '                         torch.randn(1, 1, 1, 1))\n'
         'except RuntimeError as e:\n'
         '    assert "ADDER_MM_CPU_ISA=sse9" in str(e), e\n'
         '    assert "generic, avx2 or avx512" in str(e), e\n'
@@ -303,21 +305,23 @@ def test_set_cpu_isa_levels():
         set_cpu_isa(before)
 
 
-def _load_benchmark():
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools',
-                        'analysis_tools', 'benchmark_adder.py')
-    spec = importlib.util.spec_from_file_location('benchmark_adder', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                         'tools', 'analysis_tools', 'benchmark_adder.py')
+
+
+def run_benchmark(args):
+    import subprocess
+    proc = subprocess.run([sys.executable, BENCHMARK] + args,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_benchmark_unfold_form_and_layer_lists():
     """The benchmark's paper-style unfold formulation is the same function
     (and gradients) as the reference, and its layer lists are ResNet-20's
     and ResNet-50's distinct adder layers."""
-    bench = _load_benchmark()
+    from adder_mm.utils import benchmark as bench
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
@@ -342,17 +346,14 @@ def test_benchmark_unfold_form_and_layer_lists():
 
 
 def test_benchmark_runs_and_reports(tmp_path):
-    """One small layer end to end: every column is filled and consistent."""
-    bench = _load_benchmark()
+    """One small layer end to end: every column is filled and consistent,
+    the table lands in its markdown section with the machine line."""
     out = tmp_path / 'bench.json'
     md = tmp_path / 'bench.md'
-    before = torch.get_num_threads()
-    try:
-        bench.main(['--suite', 'resnet20', '--layers', 'layer3.0.down',
-                    '--repeat', '2', '--warmup', '0', '--threads', '1',
-                    '--out', str(out), '--markdown', str(md)])
-    finally:
-        torch.set_num_threads(before)
+    md.write_text('# kept\n')
+    run_benchmark(['--suite', 'resnet20', '--layers', 'layer3.0.down',
+                   '--repeat', '2', '--warmup', '0', '--threads', '1',
+                   '--out', str(out), '--markdown', str(md)])
     import json
     res = json.loads(out.read_text())
     assert res['env']['threads'] == 1
@@ -364,11 +365,14 @@ def test_benchmark_runs_and_reports(tmp_path):
         assert lay[key] > 0, key
     assert lay['unfold_over_adder_fwd'] == pytest.approx(
         lay['unfold_fwd_ms'] / lay['adder_fwd_ms'])
-    assert 'layer3.0.down' in md.read_text()
+    text = md.read_text()
+    assert text.startswith('# kept\n')
+    assert '<!-- cpu-float32:begin -->' in text and 'layer3.0.down' in text
+    assert 'torch ' + torch.__version__ in text
 
 
 def test_interleaved_times_alternates_calls():
-    bench = _load_benchmark()
+    from adder_mm.utils import benchmark as bench
     calls = []
     medians, ratios = bench.interleaved_times(
         [lambda: calls.append('a'), lambda: calls.append('b')], 'cpu', 3, 1)
@@ -376,26 +380,31 @@ def test_interleaved_times_alternates_calls():
     assert len(medians) == 2 and len(ratios) == 1 and ratios[0] > 0
 
 
-def test_benchmark_torch_only_resnet20(monkeypatch):
-    """Without MMPretrain (the GPU check's machine) --model-step times the
-    script's own ResNet-20, which has AdderResNet_CIFAR's layers."""
-    bench = _load_benchmark()
+def test_benchmark_models_use_the_real_layer():
+    """--model-step times ResNet-20/50 built from AdderConv2d with torch
+    alone; ResNet-20 has AdderResNet_CIFAR's layers and parameters."""
+    from adder_mm.utils import benchmark as bench
     adder_mm_models = pytest.importorskip('adder_mm.models')
+    from adder_mm.models import AdderConv2d
     ours = adder_mm_models.AdderResNet_CIFAR(depth=20)
     for adder in (True, False):
         net = bench.resnet20_torch(adder)
         assert (sum(p.numel() for p in net.parameters()) ==
                 sum(p.numel() for p in ours.parameters()))
-        kinds = [type(m).__name__ for m in net.modules()
-                 if 'Conv' in type(m).__name__]
+        kinds = [type(m) for m in net.modules()]
         # stem + 18 block convs + 2 strided shortcuts; the stem stays a conv
-        assert kinds.count('Conv2d') == (1 if adder else 21)
-        assert kinds.count('_AdderConv') == (20 if adder else 0)
+        assert kinds.count(torch.nn.Conv2d) == (1 if adder else 21)
+        assert kinds.count(AdderConv2d) == (20 if adder else 0)
     x = torch.randn(2, 3, 32, 32)
     assert bench.resnet20_torch(True)(x).shape == ours(x)[-1].shape
-
-    monkeypatch.setitem(sys.modules, 'mmpretrain.models.backbones', None)
-    args = bench.parse_args(['--repeat', '1', '--warmup', '0'])
-    out = bench.bench_model_step(args, 'cpu', torch.float32)
-    assert out['model'].startswith('resnet20_torch')
+    r50 = bench.resnet50_torch(True)
+    kinds = [type(m) for m in r50.modules()]
+    assert kinds.count(AdderConv2d) == 52 and kinds.count(
+        torch.nn.Conv2d) == 1
+    out = bench.bench_model_step('resnet20', 'cpu', torch.float32, 1, 0,
+                                 batch=4)
     assert out['adder_step_ms'] > 0 and out['conv_step_ms'] > 0
+    out = bench.bench_model_step('resnet20', 'cpu', torch.bfloat16, 1, 0,
+                                 batch=4)
+    assert out['amp'] == 'bfloat16'
+

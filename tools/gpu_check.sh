@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One prepared check of the CUDA kernels on a lent GPU machine, from the repo
 # root, in under 5 minutes: versions, an in-place build with CUDA for the local
-# arch only, the CUDA tests, the CUDA benchmark; then, while time is left, a
-# profile, a float16 table and a sweep of the tile shapes. Everything is teed into $OUT
-# (gpu_check.log, tests.log, benchmark.json, benchmark.md, benchmark_fp16.md,
-# build_warnings.txt, summary.txt).
-# Needs python + torch with CUDA + nvcc; no OpenMMLab, pip or network.
+# arch only, the CUDA tests, the float32 per-layer benchmark with the
+# ResNet-20 step, the float16 ResNet-50 table, ResNet-50 training steps
+# (float32, autocast bfloat16 and float16), the targets of issue 14 checked
+# against them; then, while time is left, a profile and a sweep of the tile
+# shapes. Everything is teed into $OUT (gpu_check.log, tests.log,
+# benchmark*.json, benchmarks.md with one section per table,
+# build_warnings.txt, summary.txt, targets.txt).
+# Needs python + torch (+ torchvision for the ResNet-50 steps) with CUDA,
+# nvcc and pytest; no OpenMMLab, pip or network.
 #
 #   OUT=/some/dir bash tools/gpu_check.sh        # $OUT defaults to ./gpu_check_out
 #
@@ -21,6 +25,8 @@ SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 exec > >(tee -a "$LOG") 2>&1
 PY=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
+# The tools import adder_mm from this checkout (built in place below).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 START=$(date +%s)
 FAILED=0
 
@@ -106,21 +112,60 @@ assert info['cuda'], 'adder_mm._ext has no CUDA kernels'
 step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
   --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
 
-# ---- benchmark (runs even when a test failed) ----------------------------------
-LEFT=$(seconds_left)
-if [ $LEFT -lt 30 ]; then LEFT=30; fi
-if [ -f tools/analysis_tools/benchmark_adder.py ]; then
-  # The unfold form holds several [Cout, K, N*L] temporaries: let one be at
-  # most 1/8 of the free GPU memory (ResNet-50's largest is 13.8 GiB).
-  UNFOLD_MIB=$($PY -c 'import torch; print(torch.cuda.mem_get_info()[0] // 8 // 2**20)' 2>/dev/null || echo 1024)
-  step benchmark "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
-    --device cuda --suite all --model-step --unfold-max-mib "$UNFOLD_MIB" \
-    --out "$OUT/benchmark.json" --markdown "$OUT/benchmark.md"
-else
-  echo "FAIL  benchmark: tools/analysis_tools/benchmark_adder.py missing" |
-    tee -a "$SUMMARY"
-  FAILED=1
-fi
+# ---- benchmarks (run even when a test failed) --------------------------------
+BENCH=tools/analysis_tools/benchmark_adder.py
+MD=$OUT/benchmarks.md
+# The unfold form holds several [Cout, K, N*L] temporaries: let one be at
+# most 1/8 of the free GPU memory (ResNet-50's largest is 13.8 GiB).
+UNFOLD_MIB=$($PY -c 'import torch; print(torch.cuda.mem_get_info()[0] // 8 // 2**20)' 2>/dev/null || echo 1024)
+step benchmark 120 "$PY" $BENCH --device cuda --suite all \
+  --model-step resnet20 --unfold-max-mib "$UNFOLD_MIB" \
+  --out "$OUT/benchmark.json" --markdown "$MD"
+step benchmark_fp16 60 "$PY" $BENCH --device cuda --dtype float16 \
+  --suite resnet50 --no-unfold --out "$OUT/benchmark_fp16.json" \
+  --markdown "$MD"
+for DT in float32 bfloat16 float16; do
+  step "step_resnet50_$DT" 40 "$PY" $BENCH --device cuda --dtype $DT \
+    --skip-layers --model-step resnet50 --step-batch 64 --repeat 5 \
+    --out "$OUT/step_resnet50_$DT.json" --markdown "$MD" \
+    --section "cuda-resnet50-step-$DT"
+done
+
+# ---- the targets of issue 14, from the JSON files above ---------------------
+"$PY" - "$OUT" <<'PYEOF' | tee "$OUT/targets.txt"
+import json, os, statistics, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.isfile(path) else None
+def check(what, value, limit, smaller=True):
+    if value is None:
+        print(f'?     {what}: not measured'); return
+    ok = value <= limit if smaller else value >= limit
+    print(f'{"PASS " if ok else "MISS "} {what}: {value:.2f} '
+          f'({"<=" if smaller else ">="} {limit})')
+fp32, fp16 = load('benchmark.json'), load('benchmark_fp16.json')
+if fp32:
+    for key, name in (('adder_over_conv_fwd', 'forward'),
+                      ('adder_over_conv_fwdbwd', 'forward+backward')):
+        vals = [r[key] for r in fp32['layers']]
+        check(f'fp32 {name} max over layers vs cuDNN', max(vals), 2.5)
+        check(f'fp32 {name} median vs cuDNN', statistics.median(vals), 2.0)
+    step = fp32.get('model_step')
+    check('ResNet-20 step vs CNN (fp32)',
+          step and step['adder_over_conv_step'], 1.15)
+if fp32 and fp16:
+    t32 = {r['name']: r['adder_fwdbwd_ms'] for r in fp32['layers']
+           if r['suite'] == 'resnet50'}
+    gains = [t32[r['name']] / r['adder_fwdbwd_ms'] for r in fp16['layers']
+             if r['name'] in t32]
+    check('fp16 f+b speed-up over our fp32 (ResNet-50 median)',
+          statistics.median(gains) if gains else None, 1.6, smaller=False)
+for dt, limit in (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0)):
+    s = load(f'step_resnet50_{dt}.json')
+    check(f'ResNet-50 step vs CNN ({dt})',
+          s and s['model_step']['adder_over_conv_step'], limit)
+PYEOF
 
 # ---- where a layer's time goes: GPU kernels vs host (torch.profiler) ---------
 step profile 60 "$PY" - <<'PYEOF'
@@ -145,17 +190,6 @@ for n, c, hw, o, k, s in ((64, 16, 32, 16, 3, 1), (32, 256, 14, 256, 3, 1)):
                                  row_limit=12, max_name_column_width=60))
 PYEOF
 
-# float16 on ResNet-50 (tensor-core-free kernels vs cuDNN's half conv): only
-# with time to spare, informative rather than a target.
-LEFT=$(seconds_left)
-if [ $LEFT -ge 45 ] && [ -f tools/analysis_tools/benchmark_adder.py ]; then
-  step benchmark_fp16 "$LEFT" "$PY" tools/analysis_tools/benchmark_adder.py \
-    --device cuda --dtype float16 --suite resnet50 --no-unfold \
-    --markdown "$OUT/benchmark_fp16.md"
-else
-  echo "SKIP  benchmark_fp16 (${LEFT}s left)" | tee -a "$SUMMARY"
-fi
-
 # Each forced tile shape on every layer (informs the automatic choice in
 # csrc/pytorch/cuda/adder2d_cuda_launch.cuh), only with time to spare.
 for TILE in 0 1 2 3; do
@@ -165,13 +199,12 @@ for TILE in 0 1 2 3; do
     continue
   fi
   step "tile_$TILE" "$LEFT" env ADDER_MM_CUDA_TILE=$TILE "$PY" \
-    tools/analysis_tools/benchmark_adder.py --device cuda --suite all \
-    --no-unfold --repeat 3
+    $BENCH --device cuda --suite all --no-unfold --repeat 3
 done
 
 echo
 echo "===== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
-[ -f "$OUT/benchmark.md" ] && cat "$OUT/benchmark.md"
-[ -f "$OUT/benchmark_fp16.md" ] && cat "$OUT/benchmark_fp16.md"
+[ -f "$OUT/targets.txt" ] && cat "$OUT/targets.txt"
+[ -f "$MD" ] && cat "$MD"
 exit $FAILED
