@@ -1,8 +1,8 @@
 // The adder2d CUDA kernels and their tile shapes (device code only).
-// Kept apart from the launchers (csrc/pytorch/cuda/adder2d_cuda.cu), which
+// Kept apart from the launchers (csrc/pytorch/cuda/adder2d_cuda_*.cu), which
 // need the heavy torch headers, so register use and spills of every kernel
 // can be checked with a small standalone nvcc run (see
-// docs/kernel_notes_cuda.md).
+// docs/kernels.md).
 #pragma once
 #include <cuda_runtime.h>
 

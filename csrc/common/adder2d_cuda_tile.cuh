@@ -1,7 +1,7 @@
 // Tiled adder2d kernels: the work of one thread of one CUDA thread block,
 // written as plain C++ over the shared index helpers (adder2d_params.h).
 //
-// The same code runs in the CUDA kernels (csrc/pytorch/cuda/adder2d_cuda.cu,
+// The same code runs in the CUDA kernels (adder2d_cuda_kernels.cuh,
 // one `Thread` per CUDA thread, `__syncthreads()` between phases) and in a
 // host emulation (tests/csrc/adder2d_cuda_emulate.cpp, every thread of
 // a block stepped in turn), so tiling, index math and the double-buffered

@@ -4,7 +4,7 @@
 // The per-thread work lives in csrc/common/adder2d_cuda_tile.cuh (shared with
 // a host emulation, tests/csrc/adder2d_cuda_emulate.cpp); this file picks a tile shape,
 // prepares the transposed weight and launches on the current stream. See
-// docs/kernel_notes_cuda.md.
+// docs/kernels.md.
 #include "adder2d_cuda_launch.cuh"
 
 namespace adder_mm {
