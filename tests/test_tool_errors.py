@@ -85,19 +85,18 @@ def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
 
 
 @pytest.mark.parametrize('key, message', [
-    ('model.backbone.depht', 'did you mean model.backbone.depth?'),
-    ('model.bakbone.depth', "('bakbone' is not in model); did you mean "
-     'model.backbone.depth?'),
+    ('model.backbone.depht', r'did you mean model.backbone.depth\?'),
+    ('model.bakbone.depth', r"\('bakbone' is not in model\); did you mean "
+     r'model.backbone.depth\?'),
     ('train_dataloader.dataset.pipeline.7.crop_size',
-     'is a list of 3 items; address one by its index 0..2'),
-    ('train_cfg.max_epochs.x', 'train_cfg.max_epochs is 10 (a int), which '
-     'has no keys'),
+     r'is a list of 3 items; address one by its index 0\.\.2'),
+    ('train_cfg.max_epochs.x', r'train_cfg.max_epochs is \d+ \(a int\), '
+     'which has no keys'),
     ('a..b', 'empty part'),
 ])
 def test_cfg_options_errors(digits_cfg, key, message):
-    with pytest.raises(ToolError) as e:
+    with pytest.raises(ToolError, match=message):
         check_cfg_options(digits_cfg, {key: 1})
-    assert message in str(e.value)
 
 
 # --- checkpoints ---------------------------------------------------------

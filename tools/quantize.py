@@ -17,13 +17,8 @@ reference point for the CNN twins (nothing is saved).
 """
 import argparse
 import os.path as osp
-import sys
 
-_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
-
-from adder_mm.apis import (  # noqa: E402
+from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
     build_runner,

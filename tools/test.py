@@ -12,14 +12,9 @@ random network. Without CUDA a torchrun launch uses gloo (see train.py).
 import argparse
 import os
 import os.path as osp
-import sys
 from copy import deepcopy
 
-_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
-
-from adder_mm.apis import (  # noqa: E402
+from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
     build_runner,

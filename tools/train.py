@@ -15,15 +15,10 @@ The Slurm and MPI launchers still need GPUs.
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 from copy import deepcopy
 
-_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
-
-from adder_mm.apis import (  # noqa: E402
+from adder_mm.apis import (
     ToolError,
     add_default_hooks,
     apply_cfg_options,

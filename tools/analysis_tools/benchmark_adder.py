@@ -140,8 +140,8 @@ def _main_int8(args, suites, wanted):
         with open(args.out, 'w') as f:
             json.dump(dict(env=env, args=vars(args), layers=results,
                            summary=summ), f, indent=1)
-    text = _int8_header(env, args).lstrip('# ') + '\n\n' + table + '\n\n' + \
-        summary_lines(summ)
+    text = _int8_header(env, args).lstrip('# ') + '\n\n' + (
+        '' if args.brief else table + '\n\n') + summary_lines(summ)
     model = bench_int8_model(args.repeat, args.warmup) \
         if args.int8_model else None
     if model:
@@ -215,6 +215,9 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='write results as JSON')
     parser.add_argument('--markdown', help='write the tables into this '
                         'markdown file (its section --section)')
+    parser.add_argument('--brief', action='store_true',
+                        help='--markdown gets the summary lines only (no '
+                        'per-layer table), e.g. for README.md')
     parser.add_argument('--section', default=None,
                         help='section of --markdown (default: '
                         '<device>-<dtype>, or cpu-int8)')
@@ -318,7 +321,8 @@ def main(argv=None):
                 f"adder kernels {kernels}; written by "
                 "tools/analysis_tools/benchmark_adder.py.")
         if results:
-            text += f"\n\n{table}\n\n{summary_lines(summ)}"
+            text += ('' if args.brief else f"\n\n{table}") + \
+                f"\n\n{summary_lines(summ)}"
         for extra in (model and model_step_line(model),
                       int8_model and int8_model_line(int8_model)):
             if extra:

@@ -22,15 +22,10 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
 from mmengine.config import DictAction
 
-_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
-
-from adder_mm.apis.op_count import (  # noqa: E402
+from adder_mm.apis.op_count import (
     compare,
     count_config,
     energy_table,
@@ -39,7 +34,8 @@ from adder_mm.apis.op_count import (  # noqa: E402
     plot,
     report,
 )
-from adder_mm.utils.op_counter import CONVENTION, load_energy_table  # noqa: E402
+from adder_mm.utils.markdown import write_section
+from adder_mm.utils.op_counter import CONVENTION, load_energy_table
 
 
 def parse_args(argv=None):
@@ -66,8 +62,10 @@ def parse_args(argv=None):
         help='a quantized checkpoint of CONFIG (tools/quantize.py): count '
         'the quantized model too')
     parser.add_argument('--markdown', nargs='?', const='', default=None,
-                        help='write the energy table as markdown (default: '
-                        '<work-dir>/energy.md)')
+                        help='write the energy table into this markdown file '
+                        '(default: <work-dir>/energy.md), section --section')
+    parser.add_argument('--section', default='energy',
+                        help='section of --markdown (default energy)')
     parser.add_argument(
         '--work-dir', default=None,
         help='where --out/--plot without a file name write (default '
@@ -151,13 +149,13 @@ def main(argv=None):
         text = energy_table(results, args.bits, args.table)
         print('\n' + text)
         if args.markdown:
-            os.makedirs(osp.dirname(osp.abspath(args.markdown)),
-                        exist_ok=True)
-            with open(args.markdown, 'w') as f:
-                f.write(f'Energy of one forward pass at 45 nm (Horowitz, '
-                        f'ISSCC 2014; float layers at {args.bits}), written '
-                        f'by tools/analysis_tools/count_ops.py.\n\n{text}\n')
-            print(f'wrote {args.markdown}')
+            write_section(
+                args.markdown, args.section,
+                f'Energy of one forward pass at 45 nm (Horowitz, ISSCC 2014; '
+                f'float layers at {args.bits}, integer ops at their own '
+                f'precision); written by tools/analysis_tools/count_ops.py.'
+                f'\n\n{text}')
+            print(f'wrote {args.markdown} (section {args.section})')
     if args.compare:
         summary = compare(results[-2], results[-1], args.bits, args.table)
         print(f'\n{results[-2]["config"]} vs {results[-1]["config"]} '

@@ -13,12 +13,10 @@ import argparse
 import os.path as osp
 import sys
 
-_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
+from adder_mm.apis.model_zoo import SECTION, render
+from adder_mm.utils.markdown import replace_section
 
-from adder_mm.apis.model_zoo import SECTION, render  # noqa: E402
-from adder_mm.utils.markdown import replace_section  # noqa: E402
+_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 METAFILE = osp.join(_ROOT, 'configs', 'metafile.yml')
 README = osp.join(_ROOT, 'configs', 'README.md')

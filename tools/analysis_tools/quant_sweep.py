@@ -19,12 +19,10 @@ import statistics
 import subprocess
 import sys
 
-_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
+from adder_mm.utils.machine import describe
+from adder_mm.utils.markdown import write_section
 
-from adder_mm.utils.machine import describe  # noqa: E402
-from adder_mm.utils.markdown import write_section  # noqa: E402
+_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 QUANTIZE = osp.join(_ROOT, 'tools', 'quantize.py')
 RESULT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')

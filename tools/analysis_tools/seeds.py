@@ -20,14 +20,10 @@ import subprocess
 import sys
 import time
 
-_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if _ROOT not in sys.path:  # run from anywhere without an install
-    sys.path.insert(0, _ROOT)
-TRAIN = osp.join(_ROOT, 'tools', 'train.py')
+from adder_mm.utils.machine import describe, machine_info
+from adder_mm.utils.markdown import write_section
 
-from adder_mm.utils.machine import describe, machine_info  # noqa: E402
-from adder_mm.utils.markdown import write_section  # noqa: E402
-
+TRAIN = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'train.py')
 FINAL = re.compile(r'final validation \(epoch (\d+)\): (.*?); training took '
                    r'(\d+) s')
 
