@@ -11,7 +11,7 @@ from .op_count import count_config, fmt, load_model
 SECTION = 'model-zoo'
 HEADER = (
     '# Results: the paper\'s top-1 (top-5), AdderNet and its CNN twin; the\n'
-    '# digits recipe is ours (docs/results.md). Metadata (parameters,\n'
+    '# digits recipe is ours (README.md, Results). Metadata (parameters,\n'
     '# multiplications, additions of one forward pass at the config\'s input\n'
     '# size) is written by tools/analysis_tools/model_zoo.py.\n')
 
