@@ -140,16 +140,21 @@ def _main_int8(args, suites, wanted):
         with open(args.out, 'w') as f:
             json.dump(dict(env=env, args=vars(args), layers=results,
                            summary=summ), f, indent=1)
-    text = _int8_header(env, args).lstrip('# ') + '\n\n' + (
-        '' if args.brief else table + '\n\n') + summary_lines(summ)
+    text = _int8_header(env, args).lstrip('# ') + '\n\n' + table + \
+        '\n\n' + summary_lines(summ)
     model = bench_int8_model(args.repeat, args.warmup) \
         if args.int8_model else None
+    line = int8_model_line(model) if model else ''
     if model:
-        line = int8_model_line(model)
         print(line)
         text += '\n\n' + line
     if args.markdown:
         write_section(args.markdown, args.section or 'cpu-int8', text)
+    if args.summary_markdown:
+        brief = _int8_header(env, args).lstrip('# ') + '\n\n' + \
+            summary_lines(summ) + (('\n\n' + line) if model else '')
+        write_section(args.summary_markdown, args.section or 'cpu-int8',
+                      brief)
     return results
 
 
@@ -215,9 +220,10 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='write results as JSON')
     parser.add_argument('--markdown', help='write the tables into this '
                         'markdown file (its section --section)')
-    parser.add_argument('--brief', action='store_true',
-                        help='--markdown gets the summary lines only (no '
-                        'per-layer table), e.g. for README.md')
+    parser.add_argument('--summary-markdown', default=None,
+                        help='also write the summary lines only (no '
+                        'per-layer table) into this file\'s section, e.g. '
+                        'README.md')
     parser.add_argument('--section', default=None,
                         help='section of --markdown (default: '
                         '<device>-<dtype>, or cpu-int8)')
@@ -315,20 +321,20 @@ def main(argv=None):
             json.dump(dict(env=env, args=vars(args), layers=results,
                            summary=summ, model_step=model,
                            int8_model=int8_model), f, indent=1)
+    kernels = env['ext'].get('cpu_isa') if device == 'cpu' else 'cuda'
+    head = (f"{describe(env)}, {env['threads']} threads, {args.dtype}, "
+            f"adder kernels {kernels}; written by "
+            "tools/analysis_tools/benchmark_adder.py.")
+    extras = ''.join('\n\n' + line for line in (
+        model and model_step_line(model),
+        int8_model and int8_model_line(int8_model)) if line)
+    section = args.section or f'{device}-{args.dtype}'
     if args.markdown:
-        kernels = env['ext'].get('cpu_isa') if device == 'cpu' else 'cuda'
-        text = (f"{describe(env)}, {env['threads']} threads, {args.dtype}, "
-                f"adder kernels {kernels}; written by "
-                "tools/analysis_tools/benchmark_adder.py.")
-        if results:
-            text += ('' if args.brief else f"\n\n{table}") + \
-                f"\n\n{summary_lines(summ)}"
-        for extra in (model and model_step_line(model),
-                      int8_model and int8_model_line(int8_model)):
-            if extra:
-                text += '\n\n' + extra
-        write_section(args.markdown,
-                      args.section or f'{device}-{args.dtype}', text)
+        body = f"\n\n{table}\n\n{summary_lines(summ)}" if results else ''
+        write_section(args.markdown, section, head + body + extras)
+    if args.summary_markdown:
+        body = f"\n\n{summary_lines(summ)}" if results else ''
+        write_section(args.summary_markdown, section, head + body + extras)
     return results
 
 
