@@ -167,8 +167,8 @@ def _int8_header(env, args):
     return (f"# INT8 mode: {describe(env)}"
             f", {env['threads']} threads, {malloc}; "
             f"adder kernels {env['ext']['cpu_isa']}"
-            + (f"; torch int8 conv (x86 engine) {impl}" if impl else ''))
-
+            + (f"; torch int8 conv (x86 engine) {impl}" if impl else '')
+            + '; written by tools/analysis_tools/benchmark_adder.py')
 
 
 def parse_args(argv=None):

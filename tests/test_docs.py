@@ -1,0 +1,45 @@
+"""The front page and the docs stay what they are meant to be: a README of
+at most 250 lines whose measured tables are sections written by the tools
+(never empty, each naming the tool and the machine), and links that lead
+somewhere."""
+import os.path as osp
+import re
+
+from adder_mm.utils.markdown import read_section
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+README = open(osp.join(REPO, 'README.md')).read()
+
+# README section -> the tool that writes it
+SECTIONS = {
+    'digits': 'seeds.py',
+    'quant-accuracy': 'quant_sweep.py',
+    'cpu-int8': 'benchmark_adder.py',
+    'energy': 'count_ops.py',
+    'cpu-float32': 'benchmark_adder.py',
+}
+
+
+def test_readme_is_a_front_page():
+    assert len(README.splitlines()) <= 250
+    for marker in ('<!-- main-command -->', '<!-- test-command -->'):
+        assert marker in README
+
+
+def test_measured_tables_are_written_by_tools():
+    for name, tool in SECTIONS.items():
+        body = read_section(README, name)
+        assert body, f'README section {name!r} is empty or missing'
+        assert f'written by tools/analysis_tools/{tool}' in body, name
+        assert 'torch ' in body and re.search(r'\d{4}-\d\d-\d\d', body), name
+
+
+def test_links_resolve():
+    for doc in ('README.md', 'configs/README.md', 'docs/kernels.md',
+                'docs/benchmarks.md', 'csrc/README.md', 'CHANGELOG.md'):
+        text = open(osp.join(REPO, doc)).read()
+        for target in re.findall(r'\]\(([^)#]+)(?:#[^)]*)?\)', text):
+            if '://' in target:
+                continue
+            path = osp.normpath(osp.join(REPO, osp.dirname(doc), target))
+            assert osp.exists(path), f'{doc}: broken link {target}'
