@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def run_python():
@@ -25,6 +27,27 @@ def run_python():
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.strip().endswith('ok'), out.stdout[-2000:]
         return out.stdout
+
+    return run
+
+
+@pytest.fixture(scope='session')
+def run_tool():
+    """Run a script of this repository as a user would, in a fresh process
+    with CUDA hidden: ``run_tool(['tools/train.py', cfg, ...], cwd=None,
+    env=None, timeout=1800)`` -> CompletedProcess (text output captured).
+    Paths are relative to the repository root; a .py runs with this
+    Python, a .sh with bash; ``cwd`` defaults to the repository root."""
+
+    def run(argv, cwd=None, env=None, timeout=1800):
+        script = argv[0] if os.path.isabs(argv[0]) else os.path.join(
+            REPO, argv[0])
+        prefix = [sys.executable] if script.endswith('.py') else ['bash']
+        return subprocess.run(
+            prefix + [script] + [str(a) for a in argv[1:]],
+            cwd=cwd or REPO, capture_output=True, text=True,
+            timeout=timeout,
+            env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})})
 
     return run
 

@@ -3,8 +3,6 @@
 tiny CPU inputs; about 20 s on 2 CPU cores."""
 import json
 import os.path as osp
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -26,12 +24,7 @@ ADDER_CFG = osp.join(ROOT, 'configs', 'adder_r20_digits.py')
 CNN_CFG = osp.join(ROOT, 'configs', 'cnn_r20_digits.py')
 
 
-TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'count_ops.py')
-
-
-def run_tool(argv):
-    return subprocess.run([sys.executable, TOOL] + argv, capture_output=True,
-                          text=True, timeout=600)
+TOOL = osp.join('tools', 'analysis_tools', 'count_ops.py')
 
 
 class Tiny(nn.Module):
@@ -235,9 +228,9 @@ def test_energy_table_validation(tmp_path):
         count_ops(lambda x: x, torch.zeros(1))
 
 
-def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path):
+def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, run_tool):
     out, png = tmp_path / 'ops.json', tmp_path / 'ops.png'
-    proc = run_tool([ADDER_CFG, '--compare', CNN_CFG, '--bits', 'fp16',
+    proc = run_tool([TOOL, ADDER_CFG, '--compare', CNN_CFG, '--bits', 'fp16',
                      '--out', str(out), '--plot', str(png)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
@@ -269,14 +262,14 @@ def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path):
             [layer.to_dict() for layer in cpu['ops'].layers])
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
+def test_cli_rejects_bad_arguments(tmp_path, run_tool):
     for argv, message in (
             ([ADDER_CFG, '--bits', 'int4'], 'not in the energy table'),
             ([ADDER_CFG, '--shape', '1', '2', '3'], '--shape takes H W'),
             ([str(tmp_path / 'missing.py')], 'no such file'),
             ([ADDER_CFG, '--compare', str(tmp_path / 'nope.py')],
              'no such file')):
-        proc = run_tool(argv)
+        proc = run_tool([TOOL] + argv)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     res = count_config(ADDER_CFG, (16, 16),
                        cfg_options={'model.backbone.depth': 32})

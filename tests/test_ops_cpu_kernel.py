@@ -305,16 +305,7 @@ def test_set_cpu_isa_levels():
         set_cpu_isa(before)
 
 
-BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                         'tools', 'analysis_tools', 'benchmark_adder.py')
-
-
-def run_benchmark(args):
-    import subprocess
-    proc = subprocess.run([sys.executable, BENCHMARK] + args,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+BENCHMARK = os.path.join('tools', 'analysis_tools', 'benchmark_adder.py')
 
 
 def test_benchmark_unfold_form_and_layer_lists():
@@ -345,15 +336,16 @@ def test_benchmark_unfold_form_and_layer_lists():
     assert max(lay['O'] for lay in r50) == 2048
 
 
-def test_benchmark_runs_and_reports(tmp_path):
+def test_benchmark_runs_and_reports(tmp_path, run_tool):
     """One small layer end to end: every column is filled and consistent,
     the table lands in its markdown section with the machine line."""
     out = tmp_path / 'bench.json'
     md = tmp_path / 'bench.md'
     md.write_text('# kept\n')
-    run_benchmark(['--suite', 'resnet20', '--layers', 'layer3.0.down',
-                   '--repeat', '2', '--warmup', '0', '--threads', '1',
-                   '--out', str(out), '--markdown', str(md)])
+    proc = run_tool([BENCHMARK, '--suite', 'resnet20', '--layers',
+                     'layer3.0.down', '--repeat', '2', '--warmup', '0',
+                     '--threads', '1', '--out', out, '--markdown', md])
+    assert proc.returncode == 0, proc.stderr[-3000:]
     import json
     res = json.loads(out.read_text())
     assert res['env']['threads'] == 1

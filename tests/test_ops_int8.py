@@ -533,27 +533,19 @@ def test_torch_compile_fullgraph():
 
 
 # ---------------------------------------------------------- benchmark
-BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                         'tools', 'analysis_tools', 'benchmark_adder.py')
-
-
-def run_benchmark(args):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, BENCHMARK] + args,
-                          capture_output=True, text=True, timeout=600)
+BENCHMARK = os.path.join('tools', 'analysis_tools', 'benchmark_adder.py')
 
 
 @needs_ext
-def test_benchmark_int8_mode_runs_and_reports(tmp_path):
+def test_benchmark_int8_mode_runs_and_reports(tmp_path, run_tool):
     """--int8 on one small layer end to end: four timings, ratios taken
     from the same rounds, header with the CPU's ISA flags and torch's
     INT8 conv kernel, JSON and markdown written."""
     out, md = tmp_path / 'int8.json', tmp_path / 'int8.md'
-    proc = run_benchmark(['--int8', '--int8-model', '--suite', 'resnet20',
-                          '--layers', 'layer3.0.down', '--repeat', '3',
-                          '--warmup', '1', '--threads', '1', '--out',
-                          str(out), '--markdown', str(md)])
+    proc = run_tool([BENCHMARK, '--int8', '--int8-model', '--suite',
+                     'resnet20', '--layers', 'layer3.0.down', '--repeat', '3',
+                     '--warmup', '1', '--threads', '1', '--out', out,
+                     '--markdown', md])
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     lay, = res['layers']
@@ -576,6 +568,6 @@ def test_benchmark_int8_mode_runs_and_reports(tmp_path):
     assert 'faster quantized' in text and 'images/s' in text
 
 
-def test_benchmark_int8_rejects_cuda():
-    proc = run_benchmark(['--int8', '--device', 'cuda'])
+def test_benchmark_int8_rejects_cuda(run_tool):
+    proc = run_tool([BENCHMARK, '--int8', '--device', 'cuda'])
     assert proc.returncode == 2 and 'CPU only' in proc.stderr

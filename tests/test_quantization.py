@@ -5,8 +5,6 @@ trained digits model (about a minute on 2 CPU cores)."""
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -241,14 +239,13 @@ ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')
 CNN_CFG = osp.join(REPO, 'configs', 'cnn_r20_digits.py')
 
 
-def tool(args):
-    return subprocess.run([sys.executable] + args, cwd=REPO,
-                          capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+@pytest.fixture(scope='module')
+def tool(run_tool):
+    return run_tool
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tool):
     work = tmp_path_factory.mktemp('digits')
     proc = tool([osp.join('tools', 'train.py'), ADDER_CFG, '--work-dir',
                  str(work), '--cfg-options', 'train_cfg.max_epochs=2'])
@@ -261,7 +258,8 @@ QUANT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method, bits', [('shared', 8), ('grouped', 4)])
-def test_quantize_tool_and_test_tool_agree(method, bits, trained, tmp_path):
+def test_quantize_tool_and_test_tool_agree(method, bits, trained, tmp_path,
+                                           tool):
     ckpt, _ = trained
     out = tmp_path / 'q.pth'
     proc = tool([osp.join('tools', 'quantize.py'), ADDER_CFG, ckpt,
@@ -281,7 +279,7 @@ def test_quantize_tool_and_test_tool_agree(method, bits, trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_quantize_tool_refusals(trained, tmp_path):
+def test_quantize_tool_refusals(trained, tmp_path, tool):
     ckpt, _ = trained
     q = tmp_path / 'q.pth'
     proc = tool([osp.join('tools', 'quantize.py'), ADDER_CFG, ckpt,
@@ -314,7 +312,7 @@ def test_quantize_tool_refusals(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path):
+def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path, tool):
     """PyTorch's INT8 PTQ of the CNN twin's backbone runs from the tool
     (the adder checkpoint's weights fit the twin: same keys and shapes)."""
     ckpt, _ = trained

@@ -6,7 +6,6 @@ current folder.
 """
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -23,13 +22,6 @@ COUNT_OPS = osp.join(REPO, 'tools', 'analysis_tools', 'count_ops.py')
 ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')
 
 
-def run(args, cwd=None):
-    return subprocess.run(
-        [sys.executable] + args, cwd=cwd or REPO, capture_output=True,
-        text=True, timeout=600,
-        env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
-
-
 def refused(proc, *needles):
     """The tool stopped with status 2, one message naming the problem and
     no traceback."""
@@ -44,11 +36,12 @@ def refused(proc, *needles):
 # --- --cfg-options -------------------------------------------------------
 
 @pytest.mark.parametrize('tool', ['train', 'test'])
-def test_misspelt_cfg_option_names_the_closest_key(tool, tmp_path):
+def test_misspelt_cfg_option_names_the_closest_key(tool, tmp_path,
+                                                    run_tool):
     work = tmp_path / 'w'
     head = [TRAIN, ADDER_CFG] if tool == 'train' else [
         TEST, ADDER_CFG, str(tmp_path / 'unused.pth')]
-    proc = run(head + ['--work-dir', str(work), '--cfg-options',
+    proc = run_tool(head + ['--work-dir', str(work), '--cfg-options',
                        'train_cfg.max_epoch=1',
                        'optim_wraper.optimizer.lr=0.01'])
     refused(proc, 'train_cfg.max_epoch: no such key; did you mean '
@@ -160,8 +153,8 @@ MESSAGES = {
 
 @pytest.mark.parametrize('kind', list(MESSAGES))
 def test_test_tool_names_what_is_wrong_with_the_checkpoint(
-        kind, bad_checkpoints, tmp_path):
-    proc = run([TEST, ADDER_CFG, str(bad_checkpoints[kind]), '--work-dir',
+        kind, bad_checkpoints, tmp_path, run_tool):
+    proc = run_tool([TEST, ADDER_CFG, str(bad_checkpoints[kind]), '--work-dir',
                 str(tmp_path / 'w')])
     err = refused(proc, *MESSAGES[kind])
     assert 'weights_only=False' not in err
@@ -170,8 +163,8 @@ def test_test_tool_names_what_is_wrong_with_the_checkpoint(
 
 @pytest.mark.parametrize('kind', ['truncated', 'mismatch'])
 def test_resume_checks_the_checkpoint_before_training(kind, bad_checkpoints,
-                                                      tmp_path):
-    proc = run([TRAIN, ADDER_CFG, '--work-dir', str(tmp_path / 'w'),
+                                                      tmp_path, run_tool):
+    proc = run_tool([TRAIN, ADDER_CFG, '--work-dir', str(tmp_path / 'w'),
                 '--resume', str(bad_checkpoints[kind])])
     refused(proc, '--resume checkpoint', *MESSAGES[kind])
     assert 'Epoch(train)' not in proc.stdout + proc.stderr
@@ -203,7 +196,8 @@ model = dict(
 
 @pytest.mark.parametrize('state', ['missing', 'empty', 'incomplete'])
 def test_dataset_problems_reported_at_once_without_download(state,
-                                                            tmp_path):
+                                                            tmp_path,
+                                                            run_tool):
     """mmpretrain's CIFAR-10 dataset downloads into a missing or empty
     folder by default (a URLError without network): here every loader's
     problem is reported in one message, before the Runner is built."""
@@ -215,7 +209,7 @@ def test_dataset_problems_reported_at_once_without_download(state,
     if state == 'incomplete':
         (root / 'cifar-10-batches-py').mkdir()
         (root / 'cifar-10-batches-py' / 'data_batch_1').write_bytes(b'x')
-    proc = run([TRAIN, str(cfg)], cwd=str(tmp_path))
+    proc = run_tool([TRAIN, str(cfg)], cwd=str(tmp_path))
     why = {'missing': 'the folder does not exist',
            'empty': 'the folder is empty',
            'incomplete': 'missing cifar-10-batches-py/data_batch_2'}[state]
@@ -228,8 +222,8 @@ def test_dataset_problems_reported_at_once_without_download(state,
 
 # --- outputs -------------------------------------------------------------
 
-def test_count_ops_outputs_go_to_the_work_dir(tmp_path):
-    proc = run([COUNT_OPS, ADDER_CFG, '--out', '--plot', '--per-layer'],
+def test_count_ops_outputs_go_to_the_work_dir(tmp_path, run_tool):
+    proc = run_tool([COUNT_OPS, ADDER_CFG, '--out', '--plot', '--per-layer'],
                cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / 'work_dirs' / 'count_ops' / 'adder_r20_digits'

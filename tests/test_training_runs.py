@@ -14,8 +14,6 @@ About 5 minutes on 2 CPU cores.
 """
 import os.path as osp
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -32,15 +30,17 @@ FINAL = re.compile(r'final validation \(epoch (\d+)\): accuracy/top1: '
 pytestmark = pytest.mark.slow
 
 
-def train(args, env=None, check=True):
-    proc = subprocess.run(
-        [sys.executable, TRAIN] + args, cwd=REPO, capture_output=True,
-        text=True, timeout=1800,
-        env={**__import__('os').environ, 'CUDA_VISIBLE_DEVICES': '',
-             **(env or {})})
-    if check:
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+@pytest.fixture(scope='module')
+def train(run_tool):
+    """Run tools/train.py; by default the run must succeed."""
+
+    def run(args, env=None, check=True):
+        proc = run_tool([TRAIN] + args, env=env)
+        if check:
+            assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    return run
 
 
 def final_accuracy(proc):
@@ -62,7 +62,7 @@ def state(path):
     (['train_cfg.max_epochs=3', 'train_cfg.val_interval=1'], 3, 80.0),
 ])
 def test_short_schedules_end_well_above_chance(options, epochs, least,
-                                               tmp_path):
+                                               tmp_path, train):
     proc = train([ADDER_CFG, '--work-dir', str(tmp_path), '--cfg-options'] +
                  options)
     epoch, acc = final_accuracy(proc)
@@ -94,7 +94,7 @@ train_cfg = dict(max_epochs=2, val_interval=1)
 """
 
 
-def test_swapped_mmpretrain_config_gets_the_bn_hook(tmp_path):
+def test_swapped_mmpretrain_config_gets_the_bn_hook(tmp_path, train):
     """The README's recipe (conv_cfg Adder in mmpretrain's ResNet-18 CIFAR
     config), 2 epochs on digits: tools/train.py adds BNRecalibrationHook
     because the model has adder layers."""
@@ -154,7 +154,7 @@ def kill_hook(tmp_path_factory):
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_killed_mid_epoch_resumes_bit_identical(workers, kill_hook,
-                                                tmp_path):
+                                                tmp_path, train):
     killed_cfg, hook_dir = kill_hook
     options = RESUME_OPTIONS + [f'train_dataloader.num_workers={workers}']
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
@@ -182,7 +182,7 @@ def test_killed_mid_epoch_resumes_bit_identical(workers, kill_hook,
     assert any(not torch.equal(two[k], b[k]) for k in two)
 
 
-def test_resume_from_checkpoint_without_rng_states(tmp_path):
+def test_resume_from_checkpoint_without_rng_states(tmp_path, train):
     """An older checkpoint (no generator states) still resumes, with one
     notice that the run is not bit-identical."""
     work = tmp_path / 'w'

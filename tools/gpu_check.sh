@@ -11,13 +11,13 @@
 # Needs python + torch (+ torchvision for the ResNet-50 steps) with CUDA,
 # nvcc and pytest; no OpenMMLab, pip or network.
 #
-#   OUT=/some/dir bash tools/gpu_check.sh        # $OUT defaults to ./gpu_check_out
+#   OUT=/some/dir bash tools/gpu_check.sh     # $OUT defaults to work_dirs/gpu_check
 #
 # Each step's status goes to summary.txt; a failed test step does not stop the
 # benchmark. Exit status: 0 when every step passed.
 set -u
 
-OUT=${OUT:-$PWD/gpu_check_out}
+OUT=${OUT:-$PWD/work_dirs/gpu_check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 SUMMARY=$OUT/summary.txt
