@@ -347,3 +347,24 @@ def test_op_counter_prices_quantized_ops_at_their_precision():
     for bits in ('fp32', 'fp16'):
         assert ops.energy_pj(bits, table) == pytest.approx(expected)
     assert expected < 0.5 * float_ops.energy_pj('fp32', table)
+
+
+def test_bias_correction_cancels_the_mean_error():
+    """With weights far outside their inputs' range, rounding a weight
+    shifts every output of its channel by the same amount: bias correction
+    (on by default) folds the mean error of each channel, measured on
+    calibration data, into the bias."""
+    calib = [torch.rand(4, 3, 9, 9) * 2 for _ in range(2)]
+    errs = {}
+    for bc in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(AdderConv2d(3, 6, 3, padding=1)).eval()
+        net[0].weight.data.mul_(40)  # |w| >> x: mostly linear terms
+        ref = [net(x) for x in calib]
+        spec = quantize_model(net, calib, num_batches=2, bits=6,
+                              method='shared', bias_correction=bc)
+        assert spec['bias_correction'] is bc
+        errs[bc] = torch.stack([(net(x) - y).mean(dim=(0, 2, 3))
+                                for x, y in zip(calib, ref)]).mean(0)
+    assert errs[True].abs().max() < 1e-3 * errs[False].abs().max() + 1e-4
+    assert errs[False].abs().max() > 0.05

@@ -8,7 +8,8 @@ Evaluates the float model on the config's test set, calibrates on
 ``--calib-batches`` batches of its training images (test pipeline), replaces
 every adder layer by an integer QuantAdderConv2d (``--method shared``: one
 grid per layer for weights and input; ``grouped``: clamped ranges and a grid
-per group of output channels, see adder_mm/quantization/ptq.py), evaluates
+per group of output channels, see adder_mm/quantization/ptq.py; both with
+empirical bias correction unless ``--no-bias-correction``), evaluates
 again and prints float vs quantized top-1. ``--out`` saves the quantized
 checkpoint, which tools/test.py evaluates like any other. Stem conv, BN and
 classifier stay float. ``--method torch-ao`` applies PyTorch's own INT8
@@ -46,6 +47,10 @@ def parse_args(argv=None):
                         help='input clamp percentile (grouped)')
     parser.add_argument('--calib-batches', type=int, default=8,
                         help='training batches to calibrate on')
+    parser.add_argument('--no-bias-correction', dest='bias_correction',
+                        action='store_false',
+                        help='do not fold each channel\'s mean quantization '
+                        'error into its bias')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the calibration batches\' order')
     parser.add_argument('--out', help='save the quantized checkpoint here')
@@ -110,7 +115,8 @@ def main(argv=None):
             spec = quantize_model(
                 model, loader, num_batches=args.calib_batches, bits=args.bits,
                 method=args.method, num_groups=args.groups,
-                act_percentile=args.act_percentile)
+                act_percentile=args.act_percentile,
+                bias_correction=args.bias_correction)
     except CalibrationError as e:
         raise ToolError(str(e)) from None
     quant_metrics = runner.test()
@@ -119,8 +125,9 @@ def main(argv=None):
             float_checkpoint=args.checkpoint, config=args.config,
             float_metrics=float_metrics, quant_metrics=quant_metrics))
     f, q = top1(float_metrics), top1(quant_metrics)
+    bc = '' if spec.get('bias_correction', True) else ', no bias correction'
     runner.logger.info(
-        f'quantized {args.config} ({spec["method"]}, {spec["bits"]}-bit, '
+        f'quantized {args.config} ({spec["method"]}{bc}, {spec["bits"]}-bit, '
         f'{spec["calib_batches"]} calibration batches): top-1 float '
         f'{f:.2f}, quantized {q:.2f} ({q - f:+.2f})' +
         (f'; saved {args.out}' if args.out else ''))

@@ -71,21 +71,25 @@ def default_forward(model, batch):
 
 
 @torch.no_grad()
-def calibrate(model, batches, num_batches, forward=default_forward, seed=0):
-    """Run ``num_batches`` of ``batches`` through ``model`` (eval mode) and
-    return {layer name: input statistics} of its adder layers."""
+def calibrate(model, batches, num_batches, forward=default_forward, seed=0,
+              keep=0):
+    """Run ``num_batches`` of ``batches`` through ``model`` (eval mode);
+    returns ({layer name: input statistics} of its adder layers, the number
+    of batches used, the first ``keep`` batches)."""
     layers = adder_layers(model)
     stats = {name: _InputStats(seed + i) for i, (name, _) in
              enumerate(layers)}
     handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
     was_training = model.training
     model.eval()
-    used = 0
+    used, kept = 0, []
     try:
         for batch in batches:
             if used >= num_batches:
                 break
             forward(model, batch)
+            if used < keep:
+                kept.append(batch)
             used += 1
     finally:
         for h in handles:
@@ -99,7 +103,45 @@ def calibrate(model, batches, num_batches, forward=default_forward, seed=0):
             raise CalibrationError(
                 f'quantize: adder layer {name} saw no input during '
                 'calibration (is it used in the forward pass?)')
-    return stats, used
+    return stats, used, kept
+
+
+@torch.no_grad()
+def correct_bias(model, planned, batches, forward=default_forward):
+    """Empirical bias correction: for each adder layer, the mean over images
+    and positions of (quantized - float) output per channel, taken on the
+    float model's own inputs to the layer, moves into the quantized layer's
+    bias. Quantization error that is the same for every input (a weight
+    rounded outside the range its inputs take changes |x - w| by a
+    constant) then cancels exactly, and the rest in the mean."""
+    sums, positions = {}, {}
+
+    def hook(name):
+        def run(module, inputs):
+            x = inputs[0]
+            # forward(), not __call__: this hook would run again
+            diff = planned[name](x).double() - module.forward(x).double()
+            sums[name] = sums.get(name, 0) + diff.sum(dim=(0, 2, 3))
+            positions[name] = positions.get(name, 0) + \
+                diff.shape[0] * diff.shape[2] * diff.shape[3]
+        return run
+
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_pre_hook(hook(name))
+               for name in planned]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for name, q in planned.items():
+        if positions.get(name):
+            mean = (sums[name] / positions[name]).to(q.out_bias)
+            q.out_bias -= mean[q.perm.to(mean.device)]
 
 
 def _on_grid(lo, hi, qmax):
@@ -202,7 +244,7 @@ def check_bits(bits):
 
 
 def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
-                   num_groups=4, act_percentile=99.99,
+                   num_groups=4, act_percentile=99.99, bias_correction=True,
                    forward=default_forward):
     """Post-training quantization of the adder layers of ``model``, in place.
 
@@ -218,6 +260,9 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
         act_percentile (float): upper percentile of a layer's inputs kept
             ('grouped'; the lower one mirrors it for inputs that go
             negative).
+        bias_correction (bool): fold the mean quantization error of each
+            output channel, measured on the first (up to 2) calibration
+            batches, into the bias (empirical bias correction).
         forward (callable): ``forward(model, batch)`` runs one batch.
 
     Returns:
@@ -249,13 +294,17 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
         raise CalibrationError(
             'quantize: the model has no adder layers (AdderConv2d) to '
             "quantize; a CNN is quantized with torch.ao ('torch-ao')")
-    stats, used = calibrate(model, batches, num_batches, forward)
+    stats, used, kept = calibrate(model, batches, num_batches, forward,
+                                  keep=2 if bias_correction else 0)
     planned = {name: plan_layer(m, stats[name], bits, method, num_groups,
                                 act_percentile) for name, m in layers}
+    if bias_correction:
+        correct_bias(model, planned, kept, forward)
     for name, q in planned.items():
         _set_module(model, name, q)
     return dict(bits=bits, method=method, num_groups=num_groups,
                 act_percentile=act_percentile, calib_batches=used,
+                bias_correction=bool(bias_correction),
                 layers={name: q.num_groups for name, q in planned.items()})
 
 

@@ -531,7 +531,7 @@ def bench_int8_model(repeat, warmup, batch=64, bits=8, method='shared'):
                                             repeat, warmup)
     return dict(model='resnet20 (digits input 3x32x32)', batch=batch,
                 bits=bits, method=method, float_ms=1e3 * tf,
-                int_ms=1e3 * tq, float_over_int=1 / ratio,
+                int_ms=1e3 * tq, float_over_int=ratio,
                 float_images_s=batch / tf, int_images_s=batch / tq)
 
 

@@ -6,7 +6,8 @@
 
 For every seed's checkpoint of tools/analysis_tools/seeds.py (the latest in
 <seeds-dir>/<config name>/seed<S>/), runs tools/quantize.py with each bit
-width and method and reads the float and quantized top-1 it prints; with
+width and method (with bias correction, and INT8 shared without it: the
+literature's baseline) and reads the float and quantized top-1 it prints; with
 ``--cnn``, the CNN twin's checkpoints get PyTorch's own INT8 post-training
 quantization (torch.ao, x86 engine) as the reference point. Prints and (with
 ``--markdown FILE``) writes one table of means +- std over the seeds into
@@ -25,6 +26,7 @@ from adder_mm.utils.markdown import write_section
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 QUANTIZE = osp.join(_ROOT, 'tools', 'quantize.py')
+NO_BC = 'INT8 shared, no bias correction'
 RESULT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')
 
 
@@ -56,11 +58,12 @@ def checkpoint(seeds_dir, config, seed):
         return f.read().strip()
 
 
-def quantize(config, ckpt, method, bits, calib):
+def quantize(config, ckpt, method, bits, calib, bias_correction=True):
     proc = subprocess.run(
         [sys.executable, QUANTIZE, config, ckpt, '--method', method,
          '--bits', str(bits), '--calib-batches', str(calib), '--work-dir',
-         osp.join(osp.dirname(ckpt), 'quant')],
+         osp.join(osp.dirname(ckpt), 'quant')] +
+        ([] if bias_correction else ['--no-bias-correction']),
         capture_output=True, text=True)
     found = RESULT.search(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
@@ -91,6 +94,10 @@ def main(argv=None):
                     'adder', {})[seed] = q
                 print(f'seed {seed} {method} {bits}-bit: float {fl:.2f} '
                       f'quantized {q:.2f}', flush=True)
+        # The literature's baseline: one grid per layer, no correction.
+        _, q = quantize(args.config, ckpt, 'shared', 8, args.calib_batches,
+                        bias_correction=False)
+        rows.setdefault(NO_BC, {}).setdefault('adder', {})[seed] = q
         if args.cnn:
             ckpt = checkpoint(args.seeds_dir, args.cnn, seed)
             fl, q = quantize(args.cnn, ckpt, 'torch-ao', 8,
@@ -100,8 +107,9 @@ def main(argv=None):
                 'cnn', {})[seed] = q
             print(f'seed {seed} CNN torch.ao INT8: float {fl:.2f} '
                   f'quantized {q:.2f}', flush=True)
-    order = ['float32'] + [f'INT{b} {m}' for b in args.bits
-                           for m in args.methods] + ['INT8 torch.ao (x86)']
+    order = ['float32', NO_BC] + [f'INT{b} {m}' for b in args.bits
+                                  for m in args.methods] + \
+        ['INT8 torch.ao (x86)']
     lines = [f'top-1 (%), mean +- std over seeds {args.seeds}, '
              f'{args.calib_batches} calibration batches of training images; '
              f'{describe()}; written by tools/analysis_tools/quant_sweep.py.',
