@@ -10,74 +10,24 @@ namespace adder_mm {
 
 namespace {
 
-std::array<int64_t, 2> expand_pair(at::IntArrayRef v, const char* name) {
-  TORCH_CHECK(v.size() == 1 || v.size() == 2, "adder2d: ", name,
+std::array<int64_t, 2> expand_pair(const char* op, at::IntArrayRef v,
+                                   const char* name) {
+  TORCH_CHECK(v.size() == 1 || v.size() == 2, op, ": ", name,
               " must have 1 or 2 elements, got ", v.size());
   return {v[0], v[v.size() - 1]};
 }
 
 Adder2dParams make_params(const at::Tensor& input, const at::Tensor& weight,
-                          at::IntArrayRef stride_, at::IntArrayRef padding_,
-                          at::IntArrayRef dilation_,
-                          int64_t groups) {
-  TORCH_CHECK(input.defined() && weight.defined(),
-              "adder2d: input and weight must be defined");
-  TORCH_CHECK(input.dim() == 4, "adder2d: input must be 4-D [N, C, H, W], got ",
-              input.dim(), "-D");
-  TORCH_CHECK(weight.dim() == 4,
-              "adder2d: weight must be 4-D [O, C/groups, KH, KW], got ",
-              weight.dim(), "-D");
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups) {
+  Adder2dParams p = make_window_params("adder2d", input, weight, stride,
+                                       padding, dilation, groups);
   TORCH_CHECK(input.scalar_type() == weight.scalar_type(),
               "adder2d: input dtype ", input.scalar_type(),
               " does not match weight dtype ", weight.scalar_type());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
               "adder2d: only floating point tensors are supported, got ",
               input.scalar_type());
-  TORCH_CHECK(input.device() == weight.device(), "adder2d: input is on ",
-              input.device(), " but weight is on ", weight.device());
-  const auto stride = expand_pair(stride_, "stride");
-  const auto padding = expand_pair(padding_, "padding");
-  const auto dilation = expand_pair(dilation_, "dilation");
-  TORCH_CHECK(groups > 0, "adder2d: groups must be positive, got ", groups);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "adder2d: stride must be positive, got (", stride[0], ", ",
-              stride[1], ")");
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "adder2d: dilation must be positive, got (", dilation[0], ", ",
-              dilation[1], ")");
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "adder2d: padding must be non-negative, got (", padding[0], ", ",
-              padding[1], ")");
-
-  Adder2dParams p;
-  p.N = input.size(0);
-  p.C = input.size(1);
-  p.H = input.size(2);
-  p.W = input.size(3);
-  p.O = weight.size(0);
-  p.KH = weight.size(2);
-  p.KW = weight.size(3);
-  p.stride_h = stride[0];
-  p.stride_w = stride[1];
-  p.pad_h = padding[0];
-  p.pad_w = padding[1];
-  p.dil_h = dilation[0];
-  p.dil_w = dilation[1];
-  p.groups = groups;
-  TORCH_CHECK(p.C % groups == 0, "adder2d: input channels ", p.C,
-              " are not divisible by groups ", groups);
-  TORCH_CHECK(p.O % groups == 0, "adder2d: output channels ", p.O,
-              " are not divisible by groups ", groups);
-  TORCH_CHECK(weight.size(1) * groups == p.C, "adder2d: weight expects ",
-              weight.size(1) * groups, " input channels (", weight.size(1),
-              " x groups ", groups, "), input has ", p.C);
-  TORCH_CHECK(p.KH > 0 && p.KW > 0, "adder2d: empty kernel");
-  p.OH = adder_out_size(p.H, p.KH, p.stride_h, p.pad_h, p.dil_h);
-  p.OW = adder_out_size(p.W, p.KW, p.stride_w, p.pad_w, p.dil_w);
-  TORCH_CHECK(p.OH > 0 && p.OW > 0, "adder2d: kernel (", p.KH, "x", p.KW,
-              ", dilation ", p.dil_h, "x", p.dil_w,
-              ") is larger than the padded input (", p.H + 2 * p.pad_h, "x",
-              p.W + 2 * p.pad_w, ")");
   return p;
 }
 
@@ -104,6 +54,64 @@ bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
 #endif
 
 }  // namespace
+
+Adder2dParams make_window_params(const char* op, const at::Tensor& x,
+                                 const at::Tensor& w, at::IntArrayRef stride_,
+                                 at::IntArrayRef padding_,
+                                 at::IntArrayRef dilation_, int64_t groups,
+                                 const char* xn, const char* wn) {
+  TORCH_CHECK(x.defined() && w.defined(), op, ": ", xn, " and ", wn,
+              " must be defined");
+  TORCH_CHECK(x.dim() == 4, op, ": ", xn, " must be 4-D [N, C, H, W], got ",
+              x.dim(), "-D");
+  TORCH_CHECK(w.dim() == 4, op, ": ", wn,
+              " must be 4-D [O, C/groups, KH, KW], got ", w.dim(), "-D");
+  TORCH_CHECK(x.device() == w.device(), op, ": ", xn, " is on ", x.device(),
+              " but ", wn, " is on ", w.device());
+  const auto stride = expand_pair(op, stride_, "stride");
+  const auto padding = expand_pair(op, padding_, "padding");
+  const auto dilation = expand_pair(op, dilation_, "dilation");
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op,
+              ": stride must be positive, got (", stride[0], ", ", stride[1],
+              ")");
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op,
+              ": dilation must be positive, got (", dilation[0], ", ",
+              dilation[1], ")");
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op,
+              ": padding must be non-negative, got (", padding[0], ", ",
+              padding[1], ")");
+  Adder2dParams p;
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.H = x.size(2);
+  p.W = x.size(3);
+  p.O = w.size(0);
+  p.KH = w.size(2);
+  p.KW = w.size(3);
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dil_h = dilation[0];
+  p.dil_w = dilation[1];
+  p.groups = groups;
+  TORCH_CHECK(p.C % groups == 0, op, ": ", xn, " channels ", p.C,
+              " are not divisible by groups ", groups);
+  TORCH_CHECK(p.O % groups == 0, op, ": output channels ", p.O,
+              " are not divisible by groups ", groups);
+  TORCH_CHECK(w.size(1) * groups == p.C, op, ": ", wn, " expects ",
+              w.size(1) * groups, " input channels (", w.size(1),
+              " x groups ", groups, "), ", xn, " has ", p.C);
+  TORCH_CHECK(p.KH > 0 && p.KW > 0, op, ": empty kernel");
+  p.OH = adder_out_size(p.H, p.KH, p.stride_h, p.pad_h, p.dil_h);
+  p.OW = adder_out_size(p.W, p.KW, p.stride_w, p.pad_w, p.dil_w);
+  TORCH_CHECK(p.OH > 0 && p.OW > 0, op, ": kernel (", p.KH, "x", p.KW,
+              ", dilation ", p.dil_h, "x", p.dil_w,
+              ") is larger than the padded input (", p.H + 2 * p.pad_h, "x",
+              p.W + 2 * p.pad_w, ")");
+  return p;
+}
 
 at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias,

@@ -4,20 +4,12 @@
 // reaching the kernel with bad shapes, dtypes or devices.
 #include <torch/extension.h>
 
-#include <array>
-
-#include "adder2d_params.h"
+#include "adder2d.h"
 #include "cpu/adder2d_int8_cpu.h"
 
 namespace adder_mm {
 
 namespace {
-
-std::array<int64_t, 2> expand_pair(at::IntArrayRef v, const char* name) {
-  TORCH_CHECK(v.size() == 1 || v.size() == 2, "adder2d_int8: ", name,
-              " must have 1 or 2 elements, got ", v.size());
-  return {v[0], v[v.size() - 1]};
-}
 
 void check_vector(const c10::optional<at::Tensor>& t, const char* name,
                   const at::Tensor& qx, int64_t O) {
@@ -31,8 +23,8 @@ void check_vector(const c10::optional<at::Tensor>& t, const char* name,
 }
 
 Adder2dParams make_params(const at::Tensor& qx, const at::Tensor& qw,
-                          at::IntArrayRef stride_, at::IntArrayRef padding_,
-                          at::IntArrayRef dilation_, int64_t groups,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups,
                           int64_t pad_value,
                           const c10::optional<at::Tensor>& scale,
                           const c10::optional<at::Tensor>& bias) {
@@ -42,65 +34,17 @@ Adder2dParams make_params(const at::Tensor& qx, const at::Tensor& qw,
               "adder2d_int8: qx must be uint8, got ", qx.scalar_type());
   TORCH_CHECK(qw.scalar_type() == at::kByte,
               "adder2d_int8: qw must be uint8, got ", qw.scalar_type());
-  TORCH_CHECK(qx.dim() == 4, "adder2d_int8: qx must be 4-D [N, C, H, W], got ",
-              qx.dim(), "-D");
-  TORCH_CHECK(qw.dim() == 4,
-              "adder2d_int8: qw must be 4-D [O, C/groups, kh, kw], got ",
-              qw.dim(), "-D");
-  TORCH_CHECK(qx.device() == qw.device(), "adder2d_int8: qx is on ",
-              qx.device(), " but qw is on ", qw.device());
   TORCH_CHECK(qx.device().is_cpu(), "adder2d_int8: the compiled kernel is ",
               "CPU-only, got a tensor on ", qx.device(),
               " (adder_mm.ops.adder2d_int8 runs the reference there)");
-  const auto stride = expand_pair(stride_, "stride");
-  const auto padding = expand_pair(padding_, "padding");
-  const auto dilation = expand_pair(dilation_, "dilation");
-  TORCH_CHECK(groups > 0, "adder2d_int8: groups must be positive, got ",
-              groups);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0,
-              "adder2d_int8: stride must be positive, got (", stride[0], ", ",
-              stride[1], ")");
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0,
-              "adder2d_int8: dilation must be positive, got (", dilation[0],
-              ", ", dilation[1], ")");
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0,
-              "adder2d_int8: padding must be non-negative, got (", padding[0],
-              ", ", padding[1], ")");
   TORCH_CHECK(pad_value >= 0 && pad_value <= 255,
               "adder2d_int8: pad_value must be in 0..255, got ", pad_value);
-
-  Adder2dParams p;
-  p.N = qx.size(0);
-  p.C = qx.size(1);
-  p.H = qx.size(2);
-  p.W = qx.size(3);
-  p.O = qw.size(0);
-  p.KH = qw.size(2);
-  p.KW = qw.size(3);
-  p.stride_h = stride[0];
-  p.stride_w = stride[1];
-  p.pad_h = padding[0];
-  p.pad_w = padding[1];
-  p.dil_h = dilation[0];
-  p.dil_w = dilation[1];
-  p.groups = groups;
-  TORCH_CHECK(p.C % groups == 0, "adder2d_int8: input channels ", p.C,
-              " are not divisible by groups ", groups);
-  TORCH_CHECK(p.O % groups == 0, "adder2d_int8: output channels ", p.O,
-              " are not divisible by groups ", groups);
-  TORCH_CHECK(qw.size(1) * groups == p.C, "adder2d_int8: qw expects ",
-              qw.size(1) * groups, " input channels (", qw.size(1),
-              " x groups ", groups, "), qx has ", p.C);
-  TORCH_CHECK(p.KH > 0 && p.KW > 0, "adder2d_int8: empty kernel");
+  Adder2dParams p = make_window_params("adder2d_int8", qx, qw, stride,
+                                       padding, dilation, groups, "qx",
+                                       "qw");
   TORCH_CHECK(p.K() <= kInt8MaxK, "adder2d_int8: filter length K = ", p.K(),
               " (C/groups x kh x kw) exceeds ", kInt8MaxK,
               ", above which K * 255 overflows the int32 sums");
-  p.OH = adder_out_size(p.H, p.KH, p.stride_h, p.pad_h, p.dil_h);
-  p.OW = adder_out_size(p.W, p.KW, p.stride_w, p.pad_w, p.dil_w);
-  TORCH_CHECK(p.OH > 0 && p.OW > 0, "adder2d_int8: kernel (", p.KH, "x", p.KW,
-              ", dilation ", p.dil_h, "x", p.dil_w,
-              ") is larger than the padded input (", p.H + 2 * p.pad_h, "x",
-              p.W + 2 * p.pad_w, ")");
   const bool has_scale = scale.has_value() && scale->defined();
   const bool has_bias = bias.has_value() && bias->defined();
   TORCH_CHECK(has_scale || !has_bias,

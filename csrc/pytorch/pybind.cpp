@@ -9,38 +9,9 @@
 #include <string>
 #include <tuple>
 
+#include "adder2d.h"
 #include "cpu/cpu_isa.h"
 
-namespace adder_mm {
-at::Tensor adder2d_forward(const at::Tensor& input, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias,
-                           at::IntArrayRef stride, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, int64_t groups);
-at::Tensor adder2d_backward_input(const at::Tensor& grad_out,
-                                  const at::Tensor& input,
-                                  const at::Tensor& weight,
-                                  at::IntArrayRef stride,
-                                  at::IntArrayRef padding,
-                                  at::IntArrayRef dilation, int64_t groups);
-std::tuple<at::Tensor, at::Tensor> adder2d_backward_weight(
-    const at::Tensor& grad_out, const at::Tensor& input,
-    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups);
-int64_t cpu_parallel_threads();
-at::Tensor adder2d_int8(const at::Tensor& qx, const at::Tensor& qw,
-                        at::IntArrayRef stride, at::IntArrayRef padding,
-                        at::IntArrayRef dilation, int64_t groups,
-                        int64_t pad_value,
-                        const c10::optional<at::Tensor>& out_scale,
-                        const c10::optional<at::Tensor>& out_bias);
-void adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
-                      at::IntArrayRef stride, at::IntArrayRef padding,
-                      at::IntArrayRef dilation, int64_t groups,
-                      int64_t pad_value,
-                      const c10::optional<at::Tensor>& out_scale,
-                      const c10::optional<at::Tensor>& out_bias,
-                      at::Tensor& out);
-}  // namespace adder_mm
 
 namespace {
 bool with_cuda() {

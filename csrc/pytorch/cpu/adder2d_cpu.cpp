@@ -24,10 +24,13 @@
 #include "../adder2d.h"
 #include "adder2d_cpu_isa.h"
 #include "cpu_isa.h"
+#include "cpu_scratch.h"
 
 namespace adder_mm {
 
 namespace {
+
+using cpu::Scratch;
 
 using cpu::KernelTable;
 
@@ -90,25 +93,6 @@ template <typename T>
 KernelTable<T> kernels() {
   return Tables<T>::get(cpu::active_isa());
 }
-
-// Uninitialised scratch from the c10 CPU allocator (so memory profilers see
-// it), one slice per thread; allocated on the calling thread before the
-// parallel region.
-template <typename T>
-class Scratch {
- public:
-  Scratch(int64_t per_thread, int64_t threads)
-      : stride_(((std::max<int64_t>(per_thread, 1) * sizeof(T) + 63) / 64) *
-                64 / sizeof(T)),
-        data_(c10::GetCPUAllocator()->allocate(stride_ * threads * sizeof(T))) {}
-  T* slice(int64_t thread) const {
-    return static_cast<T*>(data_.get()) + thread * stride_;
-  }
-
- private:
-  int64_t stride_;
-  at::DataPtr data_;
-};
 
 // A run of strip slots that lie on one output row of one image.
 struct Segment {

@@ -37,10 +37,13 @@
 
 #include "adder2d_int8_kernels.h"
 #include "cpu_isa.h"
+#include "cpu_scratch.h"
 
 namespace adder_mm {
 
 namespace {
+
+using cpu::Scratch;
 
 using cpu::Int8KernelTable;
 using cpu::Int8Tile;
@@ -88,25 +91,6 @@ Int8KernelTable::Variant pick(const Int8KernelTable& t, int64_t Og) {
   }
   return best;
 }
-
-// Uninitialised scratch from the c10 CPU allocator, one 64-byte aligned
-// slice per thread; allocated on the calling thread.
-template <typename T>
-class Scratch {
- public:
-  Scratch(int64_t per_thread, int64_t threads)
-      : stride_(((std::max<int64_t>(per_thread, 1) * sizeof(T) + 63) / 64) *
-                64 / sizeof(T)),
-        data_(c10::GetCPUAllocator()->allocate(stride_ * threads *
-                                               sizeof(T))) {}
-  T* slice(int64_t thread) const {
-    return static_cast<T*>(data_.get()) + thread * stride_;
-  }
-
- private:
-  int64_t stride_;
-  at::DataPtr data_;
-};
 
 // Packing state of the weight blocks, shared by the threads of one call:
 // a thread claims a free block (CAS 0 -> 1), packs it and publishes it
