@@ -7,6 +7,28 @@ from adder_mm.ops import adder2d
 from adder_mm.utils.registry import register_model
 
 
+def set_window_geometry(module, in_channels, out_channels, kernel_size,
+                        stride, padding, dilation, groups):
+    """Check and set the nn.Conv2d-style geometry attributes of an adder
+    layer (in/out_channels, kernel_size, stride, padding, dilation as
+    pairs, groups); errors name the layer's class."""
+    name = type(module).__name__
+    if groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f'{name}: groups={groups} must divide in_channels '
+            f'({in_channels}) and out_channels ({out_channels})')
+    if isinstance(padding, str):
+        raise ValueError(f'{name}: string padding is not supported; pass '
+                         'an int or a pair')
+    module.in_channels = in_channels
+    module.out_channels = out_channels
+    module.kernel_size = _pair(kernel_size)
+    module.stride = _pair(stride)
+    module.padding = _pair(padding)
+    module.dilation = _pair(dilation)
+    module.groups = groups
+
+
 @register_model('Adder')
 class AdderConv2d(nn.Module):
     """Negative L1 distance between each filter and each input patch.
@@ -34,20 +56,8 @@ class AdderConv2d(nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f'AdderConv2d: groups={groups} must divide in_channels '
-                f'({in_channels}) and out_channels ({out_channels})')
-        if isinstance(padding, str):
-            raise ValueError('AdderConv2d: string padding is not supported; '
-                             'pass an int or a pair')
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
+        set_window_geometry(self, in_channels, out_channels, kernel_size,
+                            stride, padding, dilation, groups)
         # Read by mmcv's ConvModule and other conv-introspecting code.
         self.transposed = False
         self.output_padding = (0, 0)

@@ -2,10 +2,11 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
 
 from adder_mm.ops import adder2d_int8
 from adder_mm.utils.registry import register_model
+
+from .adder_conv import set_window_geometry
 
 
 def quantize_to_grid(x, lo, scale, qmax):
@@ -38,10 +39,12 @@ class QuantAdderConv2d(nn.Module):
     its own weights, and the part of x outside it is a weight-free window
     sum R_g on the activation grid (step ``rem_scale``). ``out_bias`` holds
     the layer's bias minus the constants that clamping the weights into
-    the activation range moved out of the sums. One group whose grid spans
-    the whole activation range needs no R (``rem_scale`` 0): the classic
-    one-scale-per-layer scheme. Dequantization is one multiply per output
-    (fused into the integer kernel) plus one per window for R.
+    the activation range moved out of the sums (and minus the mean
+    quantization error of each channel, with bias correction). One group
+    whose grid spans the whole activation range needs no R (``rem_scale``
+    0): the classic one-scale-per-layer scheme. Dequantization is one
+    multiply per output (fused into the integer kernel) plus one per window
+    for R.
 
     Buffers: qweight uint8 [O, C/groups, kh, kw] in group order; perm int64
     [O] (the output channel of each row of qweight; None-equivalent when
@@ -61,17 +64,8 @@ class QuantAdderConv2d(nn.Module):
         if not 1 <= num_groups <= out_channels:
             raise ValueError(f'QuantAdderConv2d: num_groups must be 1..'
                              f'{out_channels}, got {num_groups}')
-        if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f'QuantAdderConv2d: groups={groups} must divide in_channels '
-                f'({in_channels}) and out_channels ({out_channels})')
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
+        set_window_geometry(self, in_channels, out_channels, kernel_size,
+                            stride, padding, dilation, groups)
         self.bits = bits
         self.num_groups = num_groups
         shape = (out_channels, in_channels // groups, *self.kernel_size)
