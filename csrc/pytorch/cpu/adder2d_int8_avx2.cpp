@@ -33,7 +33,11 @@ inline __m256i lane_mask(int cnt) {
 // MP positions x MV ymm (4 output channels each; MV even). 16 ymm hold
 // MP*MV accumulators, MV weights and one broadcast: 6 x 2 leaves one spare.
 template <int MV, int MP>
-void tile(const Int8Tile& t) {
+void tile(const Int8Tile& tile_args) {
+  // A local copy: the epilogue's stores through int32_t* / float* could
+  // alias the caller's struct, which made the compiler reload its fields
+  // for every position.
+  const Int8Tile t = tile_args;
   static_assert(MV % 2 == 0, "the epilogue narrows pairs of vectors");
   __m256i acc[MP][MV];
 #pragma GCC unroll 16

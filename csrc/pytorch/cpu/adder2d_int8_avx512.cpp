@@ -33,7 +33,11 @@ inline int64_t load8(const uint8_t* p) {
 // weight loads, MP broadcasts, MP*MV vpsadbw + vpaddq; MP*MV accumulators
 // (24 of the 32 zmm for 6 x 4) keep the sad units busy without reductions.
 template <int MV, int MP>
-void tile(const Int8Tile& t) {
+void tile(const Int8Tile& tile_args) {
+  // A local copy: the epilogue's stores through int32_t* / float* could
+  // alias the caller's struct, which made the compiler reload its fields
+  // for every position.
+  const Int8Tile t = tile_args;
   __m512i acc[MP][MV];
 #pragma GCC unroll 16
   for (int r = 0; r < MP; ++r)
