@@ -230,8 +230,10 @@ def test_energy_table_validation(tmp_path):
 
 def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, run_tool):
     out, png = tmp_path / 'ops.json', tmp_path / 'ops.png'
+    md = tmp_path / 'energy.md'
     proc = run_tool([TOOL, ADDER_CFG, '--compare', CNN_CFG, '--bits', 'fp16',
-                     '--out', str(out), '--plot', str(png)])
+                     '--out', str(out), '--plot', str(png),
+                     '--markdown', str(md)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     assert 'TOTAL' in text and 'not counted' in text and 'saving' in text
@@ -253,6 +255,15 @@ def test_cli_compare_json_plot_and_meta_equals_cpu(tmp_path, run_tool):
         1 - adder['totals']['energy_pj'] / cnn['totals']['energy_pj'])
     assert 0 < cmp['energy_saving'] < 1
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # The markdown table: each model's saving against the last (the
+    # reference row says so instead of "1.00x less").
+    rows = [line.split('|')[1:-1] for line in md.read_text().splitlines()
+            if line.startswith('| ') and '.py' in line]
+    assert [r[0].strip() for r in rows][-2:] == ['adder_r20_digits.py',
+                                                 'cnn_r20_digits.py']
+    ratio = cnn['totals']['energy_pj'] / adder['totals']['energy_pj']
+    assert rows[-2][4].strip() == f'{ratio:.2f}x less'
+    assert rows[-1][4].strip() == 'reference'
 
     # The default meta-tensor pass counts what a real CPU pass counts.
     meta = count_config(ADDER_CFG, (8, 8), device='meta')

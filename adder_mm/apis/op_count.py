@@ -214,11 +214,14 @@ def energy_table(results, bits, table):
     lines = ['| model | mults | adds | energy | vs ' +
              osp.basename(results[-1]['config']) + ' |',
              '|---|---|---|---|---|']
-    for r in results:
+    for i, r in enumerate(results):
         t, e = r['ops'].totals(), r['ops'].energy_pj(bits, table)
+        if i == len(results) - 1:
+            vs = 'reference'
+        else:
+            vs = f'{last / e:.2f}x less' if e else '-'
         lines.append(f'| {osp.basename(r["config"])} | {fmt(t["mults"])} | '
-                     f'{fmt(t["adds"])} | {fmt_energy(e)} | '
-                     f'{last / e:.2f}x less |' if e else '| - |')
+                     f'{fmt(t["adds"])} | {fmt_energy(e)} | {vs} |')
     return '\n'.join(lines)
 
 
