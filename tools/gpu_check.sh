@@ -3,8 +3,8 @@
 # root, in under 5 minutes: versions, an in-place build with CUDA for the local
 # arch only, the CUDA tests, the float32 per-layer benchmark with the
 # ResNet-20 step, the float16 ResNet-50 table, ResNet-50 training steps
-# (float32, autocast bfloat16 and float16), the targets of issue 14 checked
-# against them; then, while time is left, a profile and a sweep of the tile
+# (float32, autocast bfloat16 and float16), the speed targets checked against
+# them (targets.txt); then, while time is left, a profile and a sweep of the tile
 # shapes. Everything is teed into $OUT (gpu_check.log, tests.log,
 # benchmark*.json, benchmarks.md with one section per table,
 # build_warnings.txt, summary.txt, targets.txt).
@@ -131,7 +131,7 @@ for DT in float32 bfloat16 float16; do
     --section "cuda-resnet50-step-$DT"
 done
 
-# ---- the targets of issue 14, from the JSON files above ---------------------
+# ---- speed targets (adder vs cuDNN, steps vs CNN), from the JSON files above
 "$PY" - "$OUT" <<'PYEOF' | tee "$OUT/targets.txt"
 import json, os, statistics, sys
 out = sys.argv[1]
