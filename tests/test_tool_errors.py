@@ -13,7 +13,13 @@ import torch
 from mmengine.config import Config
 
 import adder_mm  # noqa: F401
-from adder_mm.apis import ToolError, check_cfg_options, read_checkpoint
+from adder_mm.apis import (
+    ToolError,
+    check_cfg_options,
+    prepare_data_roots,
+    read_checkpoint,
+)
+from adder_mm.models.layers import ADDER_LAYERS_KEY, count_adder_layers
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN = osp.join(REPO, 'tools', 'train.py')
@@ -49,6 +55,28 @@ def test_misspelt_cfg_option_names_the_closest_key(tool, tmp_path,
             'did you mean optim_wrapper.optimizer.lr?',
             '+key=value')
     assert not work.exists()  # nothing was built
+
+
+@pytest.mark.parametrize('tool', ['train', 'test', 'count_ops'])
+def test_cfg_option_without_value_is_a_usage_error(tool, tmp_path, run_tool):
+    head = {'train': [TRAIN, ADDER_CFG],
+            'test': [TEST, ADDER_CFG, str(tmp_path / 'unused.pth')],
+            'count_ops': [COUNT_OPS, ADDER_CFG]}[tool]
+    proc = run_tool(head + ['--cfg-options', 'train_cfg.max_epochs'],
+                    cwd=str(tmp_path))
+    refused(proc, '--cfg-options train_cfg.max_epochs: expected key=value')
+    assert os.listdir(tmp_path) == []
+
+
+def test_count_ops_checks_cfg_options_and_checkpoints(bad_checkpoints,
+                                                      tmp_path, run_tool):
+    proc = run_tool([COUNT_OPS, ADDER_CFG, '--cfg-options',
+                     'model.backbone.deph=32'], cwd=str(tmp_path))
+    refused(proc, 'model.backbone.deph: no such key; did you mean '
+            'model.backbone.depth?')
+    proc = run_tool([COUNT_OPS, ADDER_CFG, '--quantized',
+                     str(bad_checkpoints['good'])], cwd=str(tmp_path))
+    refused(proc, 'is a float checkpoint')
 
 
 @pytest.fixture(scope='module')
@@ -136,6 +164,11 @@ def bad_checkpoints(tmp_path_factory):
     torch.save({'state_dict': state}, paths['mismatch'])
     paths['missing'] = root / 'missing.pth'
     paths['good'] = good
+    # As tools/train.py saves it (ExactResumeHook writes the meta key).
+    paths['adder'] = root / 'adder.pth'
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {ADDER_LAYERS_KEY: count_adder_layers(model)}},
+               paths['adder'])
     return paths
 
 
@@ -159,6 +192,35 @@ def test_test_tool_names_what_is_wrong_with_the_checkpoint(
     err = refused(proc, *MESSAGES[kind])
     assert 'weights_only=False' not in err
     assert 'convert the checkpoint' not in err or kind == 'mismatch'
+    if kind != 'mismatch':  # the file alone is wrong: nothing was built
+        assert not (tmp_path / 'w').exists()
+
+
+def test_adder_checkpoint_is_refused_by_its_cnn_twin(bad_checkpoints,
+                                                     tmp_path, run_tool):
+    """The CNN twin has the AdderNet's keys and shapes: only the meta
+    written at saving tells them apart (it tested at chance before)."""
+    cnn = osp.join(REPO, 'configs', 'cnn_r20_digits.py')
+    proc = run_tool([TEST, cnn, str(bad_checkpoints['adder']), '--work-dir',
+                     str(tmp_path / 'w')])
+    refused(proc, 'saved from an AdderNet (20 adder layers)',
+            'cnn_r20_digits.py is a model without adder layers (0)')
+
+
+def test_checkpoints_record_the_model_kind():
+    from types import SimpleNamespace
+
+    from mmengine.config import Config as Cfg
+    from mmpretrain.registry import MODELS
+
+    from adder_mm.engine.hooks import ExactResumeHook
+    for name, n in (('adder_r20_digits.py', 20), ('cnn_r20_digits.py', 0)):
+        model = MODELS.build(
+            Cfg.fromfile(osp.join(REPO, 'configs', name)).model)
+        ckpt = {'meta': {}}
+        ExactResumeHook().before_save_checkpoint(
+            SimpleNamespace(model=model, iter=0), ckpt)
+        assert ckpt['meta'][ADDER_LAYERS_KEY] == n
 
 
 @pytest.mark.parametrize('kind', ['truncated', 'mismatch'])
@@ -218,6 +280,37 @@ def test_dataset_problems_reported_at_once_without_download(state,
                   'cifar-10-python.tar.gz', 'download=True')
     assert 'URLError' not in err and 'Downloading' not in proc.stdout
     assert not (tmp_path / 'work_dirs').exists()  # no Runner was built
+
+
+def test_download_true_skips_the_folder_check(tmp_path, digits_cfg):
+    cfg_file = tmp_path / 'cifar.py'
+    cfg_file.write_text(CIFAR_USER_CFG)
+    cfg = Config.fromfile(str(cfg_file))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'none')
+    cfg.val_dataloader.dataset.data_root = str(tmp_path / 'none')
+    loaders = ('train_dataloader', 'val_dataloader')  # as train.py
+    with pytest.raises(ToolError, match='train_dataloader.dataset.download='
+                       'True val_dataloader.dataset.download=True'):
+        prepare_data_roots(cfg, str(cfg_file), loaders)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.download = True
+    prepare_data_roots(cfg, str(cfg_file), loaders)  # the dataset fetches it
+
+
+def test_failed_download_is_a_message(capsys):
+    from urllib.error import URLError
+
+    from adder_mm.apis import run_tool as run_main
+
+    def main(argv):
+        raise URLError('Name or service not known')
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [], prog='train.py')
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('train.py: error: a download failed '
+                          '(Name or service not known)')
 
 
 # --- outputs -------------------------------------------------------------

@@ -23,15 +23,15 @@ from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
     build_runner,
+    cfg_options_action,
     check_checkpoint,
     check_config_path,
+    read_checkpoint,
     run_tool,
 )
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description='Post-training quantization of an AdderNet')
     parser.add_argument('config', help='the config the model was trained with')
@@ -40,7 +40,11 @@ def parse_args(argv=None):
                         choices=range(2, 9), metavar='{2..8}',
                         help='bits of weights and inputs (default 8)')
     parser.add_argument('--method', default='shared',
-                        choices=['shared', 'grouped', 'torch-ao'])
+                        choices=['shared', 'grouped', 'torch-ao'],
+                        help='shared: one grid per layer; grouped: one grid '
+                        'per group of output channels with exact weight '
+                        "clamping; torch-ao: PyTorch's INT8 quantization of "
+                        'a CNN backbone, evaluated only (no --out)')
     parser.add_argument('--groups', type=int, default=4,
                         help='output-channel groups per layer (grouped)')
     parser.add_argument('--act-percentile', type=float, default=99.99,
@@ -56,7 +60,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='save the quantized checkpoint here')
     parser.add_argument('--work-dir', help='logs (default work_dirs/'
                         '<config>_quant)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+',
+                        action=cfg_options_action(),
                         help='override config entries, key=value')
     args = parser.parse_args(argv)
     check_config_path(parser, args.config)
@@ -92,12 +97,20 @@ def top1(metrics):
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = build_runner(args, merge_args, ('train_dataloader',
-                                             'test_dataloader'))
+    # A bad file stops the tool before anything is built.
+    read = {}
+
+    def read_ckpt(cfg):
+        read['ckpt'] = read_checkpoint(args.checkpoint)
+
+    runner = build_runner(args, merge_args,
+                          ('train_dataloader', 'test_dataloader'),
+                          before_build=read_ckpt)
     model = runner.model.module if hasattr(runner.model, 'module') else \
         runner.model
     check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='refuse')
+                     config=args.config, quantized='refuse',
+                     ckpt=read['ckpt'])
     from adder_mm.quantization import CalibrationError, quantize_model
     from adder_mm.quantization.runner import (
         calibration_loader,
@@ -130,7 +143,14 @@ def main(argv=None):
         f'quantized {args.config} ({spec["method"]}{bc}, {spec["bits"]}-bit, '
         f'{spec["calib_batches"]} calibration batches): top-1 float '
         f'{f:.2f}, quantized {q:.2f} ({q - f:+.2f})' +
-        (f'; saved {args.out}' if args.out else ''))
+        (f'; saved {args.out}' if args.out else
+         ' (not saved: pass --out FILE to keep it)'
+         if args.method != 'torch-ao' else ''))
+    if f is not None and q is not None and q < f / 2:
+        runner.logger.warning(
+            f'the quantized model lost more than half its top-1 ({f:.2f} -> '
+            f'{q:.2f})' + (': try --method grouped, or more bits'
+                           if args.method == 'shared' else ''))
     return float_metrics, quant_metrics, spec
 
 

@@ -18,15 +18,15 @@ from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
     build_runner,
+    cfg_options_action,
     check_checkpoint,
     check_config_path,
+    read_checkpoint,
     run_tool,
 )
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a checkpoint')
     parser.add_argument('config', help='test config file path')
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=cfg_options_action(),
         help='override config entries, key=value')
     parser.add_argument(
         '--amp', action='store_true', help='fp16 inference (test_cfg.fp16)')
@@ -137,15 +137,31 @@ def merge_args(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = build_runner(args, merge_args, ('test_dataloader', ))
-    # Read and compared with the model before testing: the Runner's own
-    # load (in test()) only warns on a mismatch and would test a partly
-    # random network. Costs a second read of the file.
+    # A bad file stops the tool before anything is built.
+    read = {}
+
+    def read_ckpt(cfg):
+        read['ckpt'] = read_checkpoint(args.checkpoint)
+
+    runner = build_runner(args, merge_args, ('test_dataloader', ),
+                          before_build=read_ckpt)
+    # Compared with the model before testing: the Runner's own load (in
+    # test()) only warns on a mismatch and would test a partly random
+    # network. Costs a second read of the file.
     model = runner.model.module if hasattr(runner.model, 'module') else \
         runner.model
     # A quantized checkpoint (tools/quantize.py) gets its integer layers.
     check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='convert')
+                     config=args.config, quantized='convert',
+                     ckpt=read['ckpt'])
+    from adder_mm.models.layers import QuantAdderConv2d
+    from adder_mm.quantization.runner import quantized_spec
+    spec = quantized_spec(read['ckpt'] or {})
+    if spec is not None:
+        n = sum(isinstance(m, QuantAdderConv2d) for m in model.modules())
+        runner.logger.info(
+            f'quantized checkpoint ({spec.get("method")}, '
+            f'{spec.get("bits")}-bit): {n} adder layers run on integers')
 
     import mmengine
     from mmengine.evaluator import DumpResults

@@ -23,8 +23,10 @@ from adder_mm.apis import (
     add_default_hooks,
     apply_cfg_options,
     build_runner,
+    cfg_options_action,
     check_checkpoint,
     check_config_path,
+    read_checkpoint,
     run_tool,
 )
 
@@ -62,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=_dict_action(),
+        action=cfg_options_action(),
         help='override config entries, key=value (e.g. '
         'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=0.05); a key the '
         'config does not have is an error naming the closest one, unless '
@@ -78,11 +80,6 @@ def parse_args(argv=None):
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     check_config_path(parser, args.config)
     return args
-
-
-def _dict_action():
-    from mmengine.config import DictAction
-    return DictAction
 
 
 def merge_args(cfg, args):
@@ -145,11 +142,12 @@ def merge_args(cfg, args):
     return apply_cfg_options(cfg, args.cfg_options)
 
 
-def check_start_checkpoint(runner):
+def check_start_checkpoint(runner, preread=(None, None)):
     """The checkpoint training starts from, read and compared with the
     model before anything trains: --resume needs an exact match, a
     config's load_from (fine-tuning) at least one shared weight (the
-    differences are logged)."""
+    differences are logged). preread: (path, contents) read before the
+    Runner was built."""
     cfg = runner.cfg
     path = cfg.get('load_from', None)
     if cfg.get('resume', False) and not path:
@@ -158,6 +156,8 @@ def check_start_checkpoint(runner):
         if path is None:
             runner.logger.info('--resume: no checkpoint in '
                                f'{runner.work_dir}, training from scratch')
+            # MMEngine would log "Auto resumed from ... None" otherwise.
+            runner._resume = False
             return
     if not path:
         return
@@ -167,7 +167,8 @@ def check_start_checkpoint(runner):
     _, diff = check_checkpoint(
         path, model, strict=resume,
         what='--resume checkpoint' if resume else 'load_from checkpoint',
-        config=cfg.filename)
+        config=cfg.filename,
+        ckpt=preread[1] if path == preread[0] else None)
     if diff:
         runner.logger.warning(f'load_from {path!r} differs from the model '
                               f'(loaded where it matches):{diff}')
@@ -175,10 +176,19 @@ def check_start_checkpoint(runner):
 
 def main(argv=None):
     args = parse_args(argv)
+    # A bad --resume file stops the tool before anything is built.
+    preread = [None, None]
+
+    def read_resume(cfg):
+        if args.resume not in (None, 'auto'):
+            preread[:] = [args.resume,
+                          read_checkpoint(args.resume, '--resume checkpoint')]
+
     # Heavy imports after the argument checks, so bad use fails fast.
     runner = build_runner(args, merge_args,
-                          ('train_dataloader', 'val_dataloader'))
-    check_start_checkpoint(runner)
+                          ('train_dataloader', 'val_dataloader'),
+                          before_build=read_resume)
+    check_start_checkpoint(runner, preread)
     add_default_hooks(runner)
     start = time.perf_counter()
     runner.train()

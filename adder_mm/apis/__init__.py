@@ -1,7 +1,7 @@
 """What the command-line tools share: building the Runner from a config
 and the command line, and the checks that turn user mistakes into messages
 that say what to fix (``ToolError``) before anything is built."""
-from .cfg_options import check_cfg_options
+from .cfg_options import cfg_options_action, check_cfg_options
 from .checkpoints import check_checkpoint, read_checkpoint
 from .data_roots import prepare_data_roots
 from .errors import ToolError
@@ -18,7 +18,8 @@ from .runner import (
 
 __all__ = [
     'ToolError', 'add_default_hooks', 'apply_cfg_options', 'build_runner',
-    'check_cfg_options', 'check_checkpoint', 'check_config_path',
+    'cfg_options_action', 'check_cfg_options', 'check_checkpoint',
+    'check_config_path',
     'has_adder_layers',
     'load_config', 'prepare_cpu_distributed', 'prepare_data_roots',
     'read_checkpoint', 'run_tool'

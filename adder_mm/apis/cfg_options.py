@@ -9,6 +9,25 @@ from .errors import ToolError
 NEW_KEY_PREFIX = '+'
 
 
+def cfg_options_action():
+    """The argparse action of ``--cfg-options``: MMEngine's DictAction, but
+    an entry without ``=`` is a usage error naming it (DictAction raises a
+    bare ValueError from its own unpacking)."""
+    from mmengine.config import DictAction
+
+    class CfgOptionsAction(DictAction):
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            for kv in values if isinstance(values, list) else [values]:
+                if '=' not in kv:
+                    parser.error(
+                        f'{option_string} {kv}: expected key=value (e.g. '
+                        'train_cfg.max_epochs=3; +key=value adds a new key)')
+            super().__call__(parser, namespace, values, option_string)
+
+    return CfgOptionsAction
+
+
 def _is_mapping(node):
     # dict, ConfigDict, and mmengine's Config (not a dict subclass)
     return isinstance(node, dict) or (hasattr(node, 'keys')

@@ -122,7 +122,7 @@ def _listing(title, items, limit=8):
 
 
 def check_checkpoint(path, model, strict=True, what='checkpoint',
-                     config=None, quantized='refuse'):
+                     config=None, quantized='refuse', ckpt=None):
     """Read ``path`` safely and compare its weights with ``model``.
 
     strict: every key and shape must match (testing, resuming). Otherwise
@@ -131,16 +131,20 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
     quantized: what a quantized checkpoint (tools/quantize.py) does:
     'convert' gives ``model`` its quantized layers first (evaluation),
     'refuse' is an error (training), 'require' makes a float checkpoint
-    the error.
+    the error. ckpt: the file's contents when the caller already read it
+    (read_checkpoint before building the Runner, so that a bad file stops
+    the tool before anything is built).
 
     Returns:
         (checkpoint dict or None for remote files, differences text).
     Raises:
         ToolError: naming the problem.
     """
-    ckpt = read_checkpoint(path, what)
+    if ckpt is None:
+        ckpt = read_checkpoint(path, what)
     if ckpt is None:
         return None, ''
+    _model_kind(ckpt, path, what, model, config)
     _quantized_layers(ckpt, path, what, model, quantized)
     state = checkpoint_state_dict(ckpt, path, what)
     missing, unexpected, shapes = compare_state_dict(state, model)
@@ -157,6 +161,25 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
             'config the checkpoint was trained with, or convert the '
             'checkpoint (tools/model_converters/)')
     return ckpt, diff
+
+
+def _model_kind(ckpt, path, what, model, config):
+    """An AdderNet's checkpoint and its CNN twin's have the same keys and
+    shapes; the number of adder layers in the checkpoint's meta (written
+    by ExactResumeHook and tools/quantize.py) tells them apart."""
+    from adder_mm.models.layers import ADDER_LAYERS_KEY, count_adder_layers
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    saved = meta.get(ADDER_LAYERS_KEY) if isinstance(meta, dict) else None
+    if not isinstance(saved, int):
+        return  # saved without the hook: nothing to compare
+    own = count_adder_layers(model)
+    if saved != own:
+        kind = {True: 'an AdderNet', False: 'a model without adder layers'}
+        cfg = config or 'this config'
+        raise ToolError(
+            f'{what} {path!r} was saved from {kind[saved > 0]} ({saved} adder '
+            f'layers), but the model of {cfg} is {kind[own > 0]} ({own}): '
+            'use the config the checkpoint was trained with')
 
 
 def _quantized_layers(ckpt, path, what, model, policy):

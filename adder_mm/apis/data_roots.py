@@ -63,7 +63,7 @@ def prepare_data_roots(cfg, config_path, fields=LOADERS):
         ToolError: listing every missing or incomplete folder.
     """
     scope = cfg.get('default_scope', None)
-    problems = []
+    problems, downloads = [], []
     seen = set()
     for field in fields:
         loader = cfg.get(field, None)
@@ -72,12 +72,14 @@ def prepare_data_roots(cfg, config_path, fields=LOADERS):
         for key, ds in _datasets(loader.get('dataset', None),
                                  f'{field}.dataset'):
             cls = _registered_class(ds.get('type'), scope)
-            if cls is not None and 'download' not in ds:
-                if 'download' in _accepted_args(cls)[0]:
-                    ds['download'] = False
+            can_download = cls is not None and \
+                'download' in _accepted_args(cls)[0]
+            if can_download and 'download' not in ds:
+                ds['download'] = False
             root = ds.get('data_root', None)
-            if not root or '://' in str(root):
-                continue
+            if not root or '://' in str(root) or (can_download
+                                                  and ds.get('download')):
+                continue  # remote, or fetched by the dataset itself
             path = osp.abspath(osp.expanduser(str(root)))
             if (path, key.split('.')[0]) in seen:
                 continue
@@ -87,15 +89,17 @@ def prepare_data_roots(cfg, config_path, fields=LOADERS):
                 problems.append(
                     f'{key}.data_root = {root!r} ({path}): {problem}; '
                     f'{_layout(cls, ds)}')
+                if can_download:
+                    downloads.append(f'{key}.download=True')
     if problems:
         wants = sorted({p.split(' = ')[0] for p in problems})
+        fetch = ('. Or let the dataset download itself (needs network): '
+                 '--cfg-options ' + ' '.join(downloads)) if downloads else ''
         raise ToolError(
             f'dataset not found for {config_path}:\n  ' + '\n  '.join(problems)
             + '\nPut the data there, or point the config at it with '
             '--cfg-options ' + ' '.join(f'{w}=/path/to/data' for w in wants) +
-            '. Datasets that can download themselves do so only with '
-            '--cfg-options <dataset key>.download=True. '
-            'configs/adder_r20_digits.py needs no dataset folder.')
+            fetch + '. configs/adder_r20_digits.py needs no dataset folder.')
 
 
 def _root_problem(path, cls, ds):

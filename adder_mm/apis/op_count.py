@@ -11,6 +11,9 @@ import torch
 
 from adder_mm.utils.op_counter import _energy_pj, count_ops
 
+from .errors import ToolError
+from .runner import apply_cfg_options, load_config
+
 # Transforms whose size argument fixes the network input, and that argument.
 _SIZE_TRANSFORMS = {
     'CenterCrop': 'crop_size',
@@ -22,17 +25,16 @@ _SIZE_TRANSFORMS = {
 
 
 def load_model(config, cfg_options=None):
-    """(model, cfg) built from a config file, no weights loaded."""
-    from mmengine.config import Config
+    """(model, cfg) built from a config file, no weights loaded; a broken
+    config, a misspelt ``cfg_options`` key or a config without a model is
+    a ToolError."""
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
 
     import adder_mm  # noqa: F401  (registers AdderConv2d, backbones, heads)
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = apply_cfg_options(load_config(config), cfg_options)
     if 'model' not in cfg:
-        raise ValueError(f'{config}: the config has no `model`')
+        raise ToolError(f'{config}: the config has no `model`')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     model = MODELS.build(copy.deepcopy(cfg.model))
     model.eval()

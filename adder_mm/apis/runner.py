@@ -84,8 +84,8 @@ def _hook_types(cfg):
 
 
 def has_adder_layers(model):
-    from adder_mm.models.layers import AdderConv2d
-    return any(isinstance(m, AdderConv2d) for m in model.modules())
+    from adder_mm.models.layers import count_adder_layers
+    return count_adder_layers(model) > 0
 
 
 def add_default_hooks(runner):
@@ -108,10 +108,12 @@ def add_default_hooks(runner):
                            ' (list them in custom_hooks to configure them)')
 
 
-def build_runner(args, merge, loaders):
+def build_runner(args, merge, loaders, before_build=None):
     """Load ``args.config``, apply the command line (``merge(cfg, args)``),
-    check the data roots of ``loaders`` and the CPU launch, and build the
-    Runner. Raises ToolError on bad use."""
+    check the data roots of ``loaders`` and the CPU launch, call
+    ``before_build(cfg)`` (a tool's own checks, e.g. reading its
+    checkpoint) and build the Runner. Raises ToolError on bad use, before
+    anything is built."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     from mmpretrain.utils import register_all_modules
@@ -123,6 +125,8 @@ def build_runner(args, merge, loaders):
     cfg = merge(cfg, args)
     prepare_data_roots(cfg, args.config, loaders)
     prepare_cpu_distributed(cfg)
+    if before_build is not None:
+        before_build(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
@@ -130,10 +134,18 @@ def build_runner(args, merge, loaders):
 
 def run_tool(main, argv=None, prog=None):
     """Run a tool's ``main(argv)``; a ToolError ends the process with
-    ``prog: error: message`` and status 2, without a traceback."""
+    ``prog: error: message`` and status 2, without a traceback, and so
+    does a download that fails (a dataset with ``download=True`` or a
+    checkpoint URL without network)."""
+    from urllib.error import URLError
     prog = prog or osp.basename(sys.argv[0])
     try:
         return main(argv)
     except ToolError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
+    except URLError as e:
+        print(f'{prog}: error: a download failed ({e.reason}); without '
+              'network, put the files in place and point the config at '
+              'them', file=sys.stderr)
         raise SystemExit(2) from None

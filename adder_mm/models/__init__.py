@@ -5,9 +5,9 @@ or MMSegmentation environment, the layers are still registered, so
 ``conv_cfg=dict(type='Adder')`` works in those backbones."""
 import importlib.util
 
-from .layers import AdderConv2d, QuantAdderConv2d
+from .layers import AdderConv2d, QuantAdderConv2d, count_adder_layers
 
-__all__ = ['AdderConv2d', 'QuantAdderConv2d']
+__all__ = ['AdderConv2d', 'QuantAdderConv2d', 'count_adder_layers']
 
 _NEED_MMPRETRAIN = ('AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
                     'AdderResNet_CIFAR', 'LinearBNClsHead')

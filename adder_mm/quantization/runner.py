@@ -7,6 +7,8 @@ import os.path as osp
 
 import torch
 
+from adder_mm.models.layers import ADDER_LAYERS_KEY, count_adder_layers
+
 from .ptq import CalibrationError, convert_structure
 
 CHECKPOINT_KEY = 'quantization'
@@ -52,7 +54,8 @@ def prepare_for_checkpoint(model, checkpoint):
 def save_quantized(model, spec, path, extra_meta=None):
     """Write the quantized model's state dict with its spec, atomically
     (a temporary file renamed into place: nothing half-written)."""
-    meta = {CHECKPOINT_KEY: spec, **(extra_meta or {})}
+    meta = {CHECKPOINT_KEY: spec, ADDER_LAYERS_KEY: count_adder_layers(model),
+            **(extra_meta or {})}
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')

@@ -23,8 +23,7 @@ import json
 import os
 import os.path as osp
 
-from mmengine.config import DictAction
-
+from adder_mm.apis import cfg_options_action, run_tool
 from adder_mm.apis.op_count import (
     compare,
     count_config,
@@ -84,7 +83,8 @@ def parse_args(argv=None):
         'only, which is all the counts need, and falls back to cpu when the '
         'model cannot run on meta tensors')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, default=None,
+        '--cfg-options', nargs='+', action=cfg_options_action(),
+        default=None,
         help='override config entries of both configs, e.g. '
         'model.backbone.style=caffe')
     parser.add_argument('--per-layer', action=argparse.BooleanOptionalAction,
@@ -187,4 +187,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, prog=osp.basename(__file__))

@@ -9,6 +9,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
+from adder_mm.models.layers import ADDER_LAYERS_KEY, count_adder_layers
+
 from .rng import rng_states, set_rng_states
 
 CHECKPOINT_KEY = 'rng_states'
@@ -51,7 +53,10 @@ class ExactResumeHook(Hook):
       exactly too;
     - runs validation without touching the generators, so validating (or
       validating more often) does not change the training run, and the
-      states stored at an epoch's end are those the next epoch starts with.
+      states stored at an epoch's end are those the next epoch starts with;
+    - records in every checkpoint's meta how many adder layers the model has
+      (``meta['adder_layers']``), so that the tools can refuse an AdderNet's
+      weights in its CNN twin (same keys and shapes) and the reverse.
 
     Exact at the checkpoints an epoch-based config writes (epoch ends). A
     checkpoint saved mid-epoch, one from an older version or an
@@ -84,6 +89,12 @@ class ExactResumeHook(Hook):
         end = self._epoch_end
         if end is not None and end['iter'] == runner.iter:
             checkpoint[CHECKPOINT_KEY] = end
+        # What kind of model wrote it: the tools refuse to load an
+        # AdderNet's weights into its CNN twin (the same keys and shapes)
+        # or the reverse.
+        model = getattr(runner.model, 'module', runner.model)
+        checkpoint.setdefault('meta', {})[ADDER_LAYERS_KEY] = \
+            count_adder_layers(model)
 
     def after_load_checkpoint(self, runner, checkpoint):
         self._loaded = checkpoint.get(CHECKPOINT_KEY)
