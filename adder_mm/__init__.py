@@ -13,6 +13,18 @@ from .version import __version__
 __all__ = ['__version__']
 
 if importlib.util.find_spec('mmengine') is not None:
+    import warnings
+
+    # Two warnings every tool would print on the supported stack: mmcv-lite
+    # (the README's install) has no compiled ops, which mmcv's transformer
+    # module reports on import although nothing here uses them; mmengine
+    # imports pkg_resources, which setuptools marks deprecated. Only these
+    # two messages are filtered.
+    warnings.filterwarnings(
+        'ignore', message='Fail to import ``MultiScaleDeformableAttention``',
+        category=UserWarning)
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                            category=UserWarning)
     from .utils import register_checkpoint_safe_globals
     register_checkpoint_safe_globals()
     from . import engine, models  # noqa: F401,E402  (registration)
