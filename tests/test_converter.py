@@ -4,7 +4,6 @@ The official forward is re-implemented here from PAPER.md's description
 (functional ops on the official state_dict, adder layers through
 adder2d_reference), independent of mmpretrain and of the converter.
 """
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -15,14 +14,11 @@ from mmengine.runner import load_checkpoint
 from mmpretrain.registry import MODELS
 
 import adder_mm  # noqa: F401
+from adder_mm.apis import official_weights as conv_tool
 from adder_mm.ops import adder2d_reference
 
 ROOT = osp.dirname(osp.dirname(__file__))
-_spec = importlib.util.spec_from_file_location(
-    'official2mmpretrain',
-    osp.join(ROOT, 'tools', 'model_converters', 'official2mmpretrain.py'))
-conv_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(conv_tool)
+TOOL = osp.join('tools', 'model_converters', 'official2mmpretrain.py')
 
 # arch -> (stage blocks, bottleneck?, classes, fc bias, our config)
 ARCHS = {
@@ -153,7 +149,7 @@ def test_converted_weights_give_official_logits(arch, prefix, tmp_path):
                          arch, calibrate=True)
     src, dst = tmp_path / 'official.pth', tmp_path / 'ours.pth'
     torch.save({prefix + k: v for k, v in sd.items()}, src)
-    conv_tool.main([str(src), str(dst), '--arch', arch])
+    conv_tool.convert_file(str(src), str(dst), arch)
 
     model = _config_model(arch)
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
@@ -194,3 +190,30 @@ def test_bad_checkpoints_are_named():
         conv_tool.convert(sd, 'resnet18')
     with pytest.raises(ValueError, match='not tensors'):
         conv_tool.unwrap(dict(sd, epoch=3))
+
+
+def test_tool_converts_and_names_bad_files(tmp_path, run_tool):
+    """The script as a user runs it: a conversion, then each bad input is
+    one error line (no traceback) and nothing is written."""
+    gen = torch.Generator().manual_seed(3)
+    src, dst = tmp_path / 'official.pth', tmp_path / 'ours.pth'
+    torch.save(_official_state_dict('resnet20', gen), src)
+    proc = run_tool([TOOL, str(src), str(dst), '--arch', 'resnet20'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resnet20:' in proc.stdout and dst.is_file()
+    meta = torch.load(dst, weights_only=True)['meta']
+    assert meta['adder_layers'] == 20 and meta['arch'] == 'resnet20'
+
+    out = tmp_path / 'never.pth'
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'not a checkpoint' * 8)
+    for args, needle in (
+            ([str(tmp_path / 'nope.pth')], 'no such file'),
+            ([str(garbage)], 'is not a PyTorch checkpoint'),
+            ([str(src), '--arch', 'resnet32'], 'wrong --arch')):
+        arch = [] if '--arch' in args else ['--arch', 'resnet20']
+        proc = run_tool([TOOL, args[0], str(out)] + args[1:] + arch)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert 'Traceback' not in proc.stderr and needle in proc.stderr, \
+            proc.stderr[-3000:]
+        assert not out.exists()

@@ -2,12 +2,11 @@
 quantized checkpoint format, and PyTorch's own INT8 post-training
 quantization of a CNN (torch.ao) as the reference point."""
 import copy
-import os
-import os.path as osp
 
 import torch
 
 from adder_mm.models.layers import ADDER_LAYERS_KEY, count_adder_layers
+from adder_mm.utils.checkpoint import save_atomic
 
 from .ptq import CalibrationError, convert_structure
 
@@ -56,15 +55,7 @@ def save_quantized(model, spec, path, extra_meta=None):
     (a temporary file renamed into place: nothing half-written)."""
     meta = {CHECKPOINT_KEY: spec, ADDER_LAYERS_KEY: count_adder_layers(model),
             **(extra_meta or {})}
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')
-    try:
-        torch.save({'meta': meta, 'state_dict': model.state_dict()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    save_atomic({'meta': meta, 'state_dict': model.state_dict()}, path)
 
 
 @torch.no_grad()

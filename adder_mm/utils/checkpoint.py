@@ -12,6 +12,8 @@ one torch.save uses) writes as ``getattr(HistoryBuffer, 'min')``. The builtin
 so the ``builtins.getattr`` name is bound to :func:`history_buffer_getattr`,
 which fetches those four methods and refuses everything else.
 """
+import os
+import os.path as osp
 import pickle
 
 import torch
@@ -64,3 +66,18 @@ def register_checkpoint_safe_globals():
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:  # torch < 2.4 has no weights_only allow-list
         add(checkpoint_safe_globals())
+
+
+def save_atomic(obj, path):
+    """``torch.save(obj, path)`` through a temporary file in the same folder
+    renamed into place: a failed or interrupted save leaves nothing
+    half-written (and an existing ``path`` as it was)."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
