@@ -80,6 +80,17 @@ def _distinct(layers):
     return out
 
 
+def select_layers(suites, wanted=None):
+    """(suite, layer) of the suites ('resnet20', 'resnet50') in order, only
+    the layer names in ``wanted`` when given."""
+    for suite in suites:
+        layers = (resnet20_layers() if suite == 'resnet20' else
+                  resnet50_layers())
+        for lay in layers:
+            if wanted is None or lay['name'] in wanted:
+                yield suite, lay
+
+
 # ------------------------------------------------------ unfold formulation
 class UnfoldAdder(torch.autograd.Function):
     """The paper's formulation: broadcast difference over [Cout, K, N*L].
@@ -399,21 +410,31 @@ _INT8_RATIOS = ('fp32_adder_over_int8_adder', 'int8_adder_over_int8_conv',
                 'int8_conv_over_fp32_conv')
 
 
-def int8_markdown_table(results):
-    head = ('| suite | layer | N,C,HxW -> O, k/s | int8 adder ms '
-            '| fp32 adder ms | int8 conv ms | fp32 conv ms '
-            '| fp32 adder / int8 adder | int8 adder / int8 conv |')
+def _layer_table(results, columns):
+    """Markdown table of per-layer results: suite, layer and shape, then
+    ``columns`` as (header, function of a result giving the cell)."""
+    head = ('| suite | layer | N,C,HxW -> O, k/s | ' +
+            ' | '.join(h for h, _ in columns) + ' |')
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in results:
         shape = (f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
                  f"{r['k']}/{r['stride']}")
-        lines.append(
-            f"| {r['suite']} | {r['name']} | {shape} "
-            f"| {_ms(r['int8_adder_ms'])} | {_ms(r['fp32_adder_ms'])} "
-            f"| {_ms(r['int8_conv_ms'])} | {_ms(r['fp32_conv_ms'])} "
-            f"| {_fmt(r['fp32_adder_over_int8_adder'])} "
-            f"| {_fmt(r['int8_adder_over_int8_conv'])} |")
+        lines.append(f"| {r['suite']} | {r['name']} | {shape} | " +
+                     ' | '.join(cell(r) for _, cell in columns) + ' |')
     return '\n'.join(lines)
+
+
+def int8_markdown_table(results):
+    return _layer_table(results, [
+        ('int8 adder ms', lambda r: _ms(r['int8_adder_ms'])),
+        ('fp32 adder ms', lambda r: _ms(r['fp32_adder_ms'])),
+        ('int8 conv ms', lambda r: _ms(r['int8_conv_ms'])),
+        ('fp32 conv ms', lambda r: _ms(r['fp32_conv_ms'])),
+        ('fp32 adder / int8 adder',
+         lambda r: _fmt(r['fp32_adder_over_int8_adder'])),
+        ('int8 adder / int8 conv',
+         lambda r: _fmt(r['int8_adder_over_int8_conv'])),
+    ])
 
 
 def int8_summary(results):
@@ -600,23 +621,18 @@ def _ms(v):
 
 
 def markdown_table(results):
-    head = ('| suite | layer | N,C,HxW -> O, k/s | conv fwd ms | adder fwd ms '
-            '| adder/conv fwd | conv f+b ms | adder f+b ms | adder/conv f+b '
-            '| adder/conv peak mem | unfold/adder fwd | unfold/adder f+b |')
-    lines = [head, '|' + '---|' * (head.count('|') - 1)]
-    for r in results:
-        shape = (f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
-                 f"{r['k']}/{r['stride']}")
-        lines.append(
-            f"| {r['suite']} | {r['name']} | {shape} "
-            f"| {_ms(r['conv_fwd_ms'])} "
-            f"| {_ms(r['adder_fwd_ms'])} | {_fmt(r['adder_over_conv_fwd'])} "
-            f"| {_ms(r['conv_fwdbwd_ms'])} | {_ms(r['adder_fwdbwd_ms'])} "
-            f"| {_fmt(r['adder_over_conv_fwdbwd'])} "
-            f"| {_fmt(r['adder_over_conv_peak'])} "
-            f"| {_fmt(r['unfold_over_adder_fwd'], 0)} "
-            f"| {_fmt(r['unfold_over_adder_fwdbwd'], 0)} |")
-    return '\n'.join(lines)
+    return _layer_table(results, [
+        ('conv fwd ms', lambda r: _ms(r['conv_fwd_ms'])),
+        ('adder fwd ms', lambda r: _ms(r['adder_fwd_ms'])),
+        ('adder/conv fwd', lambda r: _fmt(r['adder_over_conv_fwd'])),
+        ('conv f+b ms', lambda r: _ms(r['conv_fwdbwd_ms'])),
+        ('adder f+b ms', lambda r: _ms(r['adder_fwdbwd_ms'])),
+        ('adder/conv f+b', lambda r: _fmt(r['adder_over_conv_fwdbwd'])),
+        ('adder/conv peak mem', lambda r: _fmt(r['adder_over_conv_peak'])),
+        ('unfold/adder fwd', lambda r: _fmt(r['unfold_over_adder_fwd'], 0)),
+        ('unfold/adder f+b',
+         lambda r: _fmt(r['unfold_over_adder_fwdbwd'], 0)),
+    ])
 
 
 def summary(results):

@@ -86,8 +86,7 @@ from adder_mm.utils.benchmark import (
     int8_summary,
     markdown_table,
     qconv_impl,
-    resnet20_layers,
-    resnet50_layers,
+    select_layers,
     summary,
 )
 from adder_mm.utils.machine import describe
@@ -109,25 +108,20 @@ def _main_int8(args, suites, wanted):
     torch.backends.quantized.engine = 'x86'
     env = environment('cpu')
     results = []
-    for suite in suites:
-        layers = (resnet20_layers() if suite == 'resnet20' else
-                  resnet50_layers())
-        for lay in layers:
-            if wanted is not None and lay['name'] not in wanted:
-                continue
-            if not results:
-                print(_int8_header(env, args), flush=True)
-            r = bench_int8_layer(lay, args)
-            r['suite'] = suite
-            r['int8_conv_impl'] = qconv_impl(lay)
-            results.append(r)
-            print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
-                  f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
-                  f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
-                  f"{_ms(r['fp32_adder_ms'])} "
-                  f"(x{_fmt(r['fp32_adder_over_int8_adder'])} slower), int8 "
-                  f"conv {_ms(r['int8_conv_ms'])} (int8 adder/int8 conv "
-                  f"x{_fmt(r['int8_adder_over_int8_conv'])})", flush=True)
+    for suite, lay in select_layers(suites, wanted):
+        if not results:
+            print(_int8_header(env, args), flush=True)
+        r = bench_int8_layer(lay, args)
+        r['suite'] = suite
+        r['int8_conv_impl'] = qconv_impl(lay)
+        results.append(r)
+        print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
+              f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
+              f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
+              f"{_ms(r['fp32_adder_ms'])} "
+              f"(x{_fmt(r['fp32_adder_over_int8_adder'])} slower), int8 "
+              f"conv {_ms(r['int8_conv_ms'])} (int8 adder/int8 conv "
+              f"x{_fmt(r['int8_adder_over_int8_conv'])})", flush=True)
     env['int8_conv_impl'] = ', '.join(
         sorted({r['int8_conv_impl'] for r in results}))
     summ = int8_summary(results)
@@ -281,25 +275,20 @@ def main(argv=None):
     print(f"# {describe(env)}, {env['threads']} threads, {args.dtype}, "
           f"ext {env['ext']}")
     results = []
-    for suite in suites:
-        layers = (resnet20_layers() if suite == 'resnet20' else
-                  resnet50_layers())
-        for lay in layers:
-            if wanted is not None and lay['name'] not in wanted:
-                continue
-            r = bench_layer(lay, args, device, dtype)
-            r['suite'] = suite
-            results.append(r)
-            print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
-                  f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
-                  f"fwd conv {r['conv_fwd_ms']:.1f} adder "
-                  f"{r['adder_fwd_ms']:.1f} ms "
-                  f"(x{_fmt(r['adder_over_conv_fwd'])})"
-                  f" | f+b conv {r['conv_fwdbwd_ms']:.1f} adder "
-                  f"{r['adder_fwdbwd_ms']:.1f} ms "
-                  f"(x{_fmt(r['adder_over_conv_fwdbwd'])}) | peak "
-                  f"x{_fmt(r['adder_over_conv_peak'])} | unfold/adder fwd "
-                  f"{_fmt(r['unfold_over_adder_fwd'], 0)}", flush=True)
+    for suite, lay in select_layers(suites, wanted):
+        r = bench_layer(lay, args, device, dtype)
+        r['suite'] = suite
+        results.append(r)
+        print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
+              f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
+              f"fwd conv {r['conv_fwd_ms']:.1f} adder "
+              f"{r['adder_fwd_ms']:.1f} ms "
+              f"(x{_fmt(r['adder_over_conv_fwd'])})"
+              f" | f+b conv {r['conv_fwdbwd_ms']:.1f} adder "
+              f"{r['adder_fwdbwd_ms']:.1f} ms "
+              f"(x{_fmt(r['adder_over_conv_fwdbwd'])}) | peak "
+              f"x{_fmt(r['adder_over_conv_peak'])} | unfold/adder fwd "
+              f"{_fmt(r['unfold_over_adder_fwd'], 0)}", flush=True)
     summ = summary(results)
     table = markdown_table(results)
     if results:
