@@ -7,6 +7,7 @@ fused dequantization against float64; poisoned outputs (every element
 written); thread counts; bad arguments; torch.compile; the benchmark's INT8
 mode.
 """
+import contextlib
 import importlib.util
 import json
 import os
@@ -14,7 +15,13 @@ import os
 import pytest
 import torch
 
-from adder_mm.ops import adder2d_int8, adder2d_int8_reference, ext_info
+from adder_mm.ops import (
+    adder2d_int8,
+    adder2d_int8_reference,
+    ext_info,
+    quantize_to_grid,
+    quantize_to_grid_reference,
+)
 from adder_mm.ops.adder2d_int8 import MAX_K, _adder2d_int8_into
 
 int8_mod = importlib.import_module('adder_mm.ops.adder2d_int8')
@@ -32,6 +39,16 @@ def _bytes(shape, gen):
         flat[0], flat[-1] = 0, 255
     assert t.numel() == 0 or bool(t.any())
     return t
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pair(v):
@@ -367,15 +384,11 @@ def test_bit_identical_across_thread_counts(cpu_isa):
     gen = torch.Generator().manual_seed(9)
     qx, qw = _bytes((3, 32, 15, 14), gen), _bytes((40, 32, 3, 3), gen)
     sc, b = torch.rand(40, generator=gen), torch.randn(40, generator=gen)
-    before = torch.get_num_threads()
     outs = []
-    try:
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
+    for t in (1, 2, 3):
+        with _threads(t):
             outs.append((adder2d_int8(qx, qw, 1, 1, 1, 1, 4),
                          adder2d_int8(qx, qw, 1, 1, 1, 1, 4, sc, b)))
-    finally:
-        torch.set_num_threads(before)
     for y, yf in outs[1:]:
         assert torch.equal(y, outs[0][0]) and torch.equal(yf, outs[0][1])
 
@@ -530,6 +543,71 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(layer, fullgraph=True, backend='aot_eager')
     assert torch.equal(compiled(qx, qw, sc, b), layer(qx, qw, sc, b))
+
+
+# ---------------------------------------------------- quantize_to_grid
+def _grid_inputs(n, lo, scale, gen):
+    """Random values around the grid with exact ties (half steps), values
+    outside it, +-inf, +-0 and a length that leaves a vector tail."""
+    x = torch.randn(n, generator=gen) * scale * 200 + lo + 100 * scale
+    k = torch.arange(min(n, 300), dtype=torch.float32)
+    x[:k.numel()] = lo + (k - 20) * 0.5 * scale  # ties (where exact)
+    x[-6:] = torch.tensor([float('inf'), -float('inf'), 1e30, -1e30, 0.,
+                           -0.])
+    return x
+
+
+@pytest.mark.parametrize('lo, scale, qmax', [
+    (0.0, 0.03125, 255), (-1.3, 0.0173, 255), (0.25, 1.0, 15),
+    (-2.0, 0.37, 63), (0.1, 1e-3, 1)])
+@pytest.mark.parametrize('n', [1, 15, 16, 17, 1003, 70001])
+def test_quantize_to_grid_equals_torch_formula(lo, scale, qmax, n):
+    """The one-pass kernel gives the bytes of round((x - lo) / scale)
+    clamped to 0..qmax (torch.round: ties to even), tails included."""
+    gen = torch.Generator().manual_seed(n)
+    x = _grid_inputs(max(n, 8), lo, scale, gen)[:n]
+    want = quantize_to_grid_reference(x, lo, scale, qmax)
+    for threads in (1, 2):
+        with _threads(threads):
+            got = quantize_to_grid(x, lo, scale, qmax)
+        assert got.dtype == torch.uint8 and torch.equal(got, want)
+    assert want.max() <= qmax
+
+
+def test_quantize_to_grid_layouts_nan_and_errors():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 7, 9, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    q = quantize_to_grid(x, -0.5, 0.01, 255)
+    assert q.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(q, quantize_to_grid_reference(x, -0.5, 0.01, 255))
+    xt = x.transpose(2, 3)  # neither layout: read through its strides
+    assert torch.equal(quantize_to_grid(xt, -0.5, 0.01, 255),
+                       quantize_to_grid_reference(xt, -0.5, 0.01, 255))
+    nan = torch.full((33, ), float('nan'))
+    if ext_info()['cpu']:
+        assert quantize_to_grid(nan, 0., 1., 255).eq(0).all()
+    meta = quantize_to_grid(x.to('meta'), 0., 1., 255)
+    assert meta.shape == x.shape and meta.dtype == torch.uint8
+    for args, err, match in (
+            ((x.double(), 0., 1., 255), TypeError, 'float32'),
+            ((x, 0., 0., 255), ValueError, 'scale must be positive'),
+            ((x, float('nan'), 1., 255), ValueError, 'lo finite'),
+            ((x, 0., 1., 256), ValueError, 'qmax must be in 1..255'),
+            ((x, 0., 1., 0), ValueError, 'qmax must be in 1..255')):
+        with pytest.raises(err, match=match):
+            quantize_to_grid(*args)
+
+
+@needs_ext
+def test_quantize_to_grid_op_checks_and_opcheck():
+    op = torch.ops.adder_mm.quantize_to_grid.default
+    x = torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(op, (x, -1.0, 0.02, 255))
+    with pytest.raises(RuntimeError, match='must be float32'):
+        op(x.half(), 0., 1., 255)
+    with pytest.raises(RuntimeError, match='qmax must be in 1..255'):
+        op(x, 0., 1., 300)
 
 
 # ---------------------------------------------------------- benchmark

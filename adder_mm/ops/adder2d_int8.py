@@ -10,6 +10,7 @@ sums are exact int32, so every path equals the reference bit for bit. With
 ``out_scale`` the dequantization ``out_bias[o] - out_scale[o] * S`` is fused
 into the kernel (one fma, float32 out). No autograd (inference op).
 """
+import math
 import warnings
 
 import torch
@@ -49,6 +50,12 @@ def _register_fake_kernels():
           out_bias, *, out):
         return None
 
+    @torch.library.register_fake('adder_mm::quantize_to_grid')
+    def _(x, lo, scale, qmax):
+        # x's strides where x is dense, else its suggested memory format:
+        # what the kernel's contiguous(suggest_memory_format()) gives.
+        return torch.empty_like(x, dtype=torch.uint8)
+
 
 def _load_op():
     """The compiled op's overloads (default, out), or None without the
@@ -58,7 +65,8 @@ def _load_op():
         return None
     try:
         op = torch.ops.adder_mm.adder2d_int8
-        overloads = op.default, op.out
+        overloads = (op.default, op.out,
+                     torch.ops.adder_mm.quantize_to_grid.default)
     except (AttributeError, RuntimeError) as e:
         warnings.warn(
             'adder2d_int8: adder_mm._ext has no adder2d_int8 kernel (built '
@@ -183,6 +191,42 @@ def adder2d_int8_reference(qx, qw, stride=1, padding=0, dilation=1, groups=1,
                                             out_scale, out_bias)
     return _reference(qx, qw, stride, padding, dilation, groups, pad_value,
                       out_scale, out_bias)
+
+
+def quantize_to_grid(x, lo, scale, qmax):
+    """uint8 ``q = clamp(round((x - lo) / scale), 0, qmax)``: the grid point
+    ``lo + scale * q`` (q = 0..qmax) nearest to each element of x (ties to
+    even), the input of :func:`adder2d_int8`.
+
+    Args:
+        x (Tensor): float32, any shape and memory format.
+        lo, scale (float): the grid (scale > 0), as float32 values.
+        qmax (int): 1..255, the largest code (2^bits - 1).
+
+    Returns:
+        Tensor: uint8, x's shape (channels_last kept). The compiled CPU
+        kernel does it in one pass (NaN gives 0); elsewhere the same float32
+        formula in PyTorch ops gives the same bytes.
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        raise TypeError('quantize_to_grid: x must be a float32 tensor, got '
+                        f'{getattr(x, "dtype", type(x).__name__)}')
+    if not 1 <= int(qmax) <= 255:
+        raise ValueError(f'quantize_to_grid: qmax must be in 1..255, got '
+                         f'{qmax}')
+    lo, scale = float(lo), float(scale)
+    if not (scale > 0 and math.isfinite(scale) and math.isfinite(lo)):
+        raise ValueError('quantize_to_grid: scale must be positive and '
+                         f'finite, lo finite; got lo={lo}, scale={scale}')
+    if _ops is not None and x.device.type in ('cpu', 'meta'):
+        return _ops[2](x, lo, scale, int(qmax))
+    return quantize_to_grid_reference(x, lo, scale, qmax)
+
+
+def quantize_to_grid_reference(x, lo, scale, qmax):
+    """quantize_to_grid in PyTorch ops (the tests' oracle)."""
+    q = torch.round((x - float(lo)) / float(scale)).clamp_(0, int(qmax))
+    return q.to(torch.uint8)
 
 
 def _blocks(n, ho, wo, k, budget):

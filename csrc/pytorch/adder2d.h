@@ -38,6 +38,8 @@ void adder2d_int8_out(const at::Tensor& qx, const at::Tensor& qw,
                       const c10::optional<at::Tensor>& out_scale,
                       const c10::optional<at::Tensor>& out_bias,
                       at::Tensor& out);
+at::Tensor quantize_to_grid(const at::Tensor& x, double lo, double scale,
+                            int64_t qmax);
 
 // The checks every adder op shares, as TORCH_CHECKs whose messages start
 // with `op`: x [N, C, H, W] and w [O, C/groups, kh, kw] defined, 4-D, on

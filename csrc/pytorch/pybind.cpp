@@ -62,6 +62,10 @@ TORCH_LIBRARY(adder_mm, m) {
       "adder2d_int8.out(Tensor qx, Tensor qw, int[] stride, int[] padding, "
       "int[] dilation, int groups, int pad_value, Tensor? out_scale, "
       "Tensor? out_bias, *, Tensor(a!) out) -> ()");
+  // Its input: uint8 q = clamp(round((x - lo) / scale), 0, qmax), one pass.
+  m.def(
+      "quantize_to_grid(Tensor x, float lo, float scale, int qmax) "
+      "-> Tensor");
 }
 
 // One implementation per op for both keys: it dispatches on the device
@@ -73,6 +77,7 @@ TORCH_LIBRARY_IMPL(adder_mm, CPU, m) {
   m.impl("adder2d_backward_weight", &adder_mm::adder2d_backward_weight);
   m.impl("adder2d_int8", &adder_mm::adder2d_int8);
   m.impl("adder2d_int8.out", &adder_mm::adder2d_int8_out);
+  m.impl("quantize_to_grid", &adder_mm::quantize_to_grid);
 }
 
 TORCH_LIBRARY_IMPL(adder_mm, CUDA, m) {

@@ -3,18 +3,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adder_mm.ops import adder2d_int8
+from adder_mm.ops import adder2d_int8, quantize_to_grid
 from adder_mm.utils.registry import register_model
 
 from .adder_conv import set_window_geometry
-
-
-def quantize_to_grid(x, lo, scale, qmax):
-    """uint8 q = clamp(round((x - lo) / scale), 0, qmax): the grid
-    lo + scale * q (q = 0..qmax) nearest to x. ``lo``/``scale`` are floats
-    or 0-d tensors."""
-    q = torch.round((x - lo) / scale).clamp_(0, qmax)
-    return q.to(torch.uint8)
 
 
 @register_model()
@@ -125,9 +117,9 @@ class QuantAdderConv2d(nn.Module):
             hi = lo + scale * qmax
             rows = slice(start, start + size)
             start += size
-            xq = quantize_to_grid(x.clamp(lo, hi), lo, scale, qmax)
-            pad = int(quantize_to_grid(torch.tensor(min(max(0., lo), hi)),
-                                       lo, scale, qmax))
+            # (Values outside [lo, hi] land on 0 or qmax: no clamp needed.)
+            xq = quantize_to_grid(x, lo, scale, qmax)
+            pad = int(quantize_to_grid(torch.tensor([0.]), lo, scale, qmax))
             y = adder2d_int8(xq, self.qweight[rows], self.stride,
                              self.padding, self.dilation, self.groups,
                              pad_value=pad,
