@@ -1,4 +1,4 @@
-"""Operation counter (adder_mm.utils.op_counter) and its CLI
+"""Operation counter (adder_mm.analysis.op_counter) and its CLI
 (tools/analysis_tools/count_ops.py). Forward passes run on meta tensors or
 tiny CPU inputs; about 20 s on 2 CPU cores."""
 import json
@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adder_mm.apis.op_count import count_config
-from adder_mm.models import AdderConv2d
-from adder_mm.utils.op_counter import (
+from adder_mm.analysis.op_counter import (
     ADDER_JIT_OPS,
     ENERGY_45NM_PJ,
     adder_flop_jit,
     count_ops,
     load_energy_table,
 )
+from adder_mm.apis.op_count import count_config
+from adder_mm.models import AdderConv2d
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADDER_CFG = osp.join(ROOT, 'configs', 'adder_r20_digits.py')
@@ -112,7 +112,7 @@ def test_mmengine_get_model_complexity_info_counts_adders(monkeypatch):
     from mmengine.analysis import complexity_analysis as ca
     from mmengine.analysis import get_model_complexity_info
 
-    from adder_mm.utils.op_counter import register_mmengine_flop_handle
+    from adder_mm.analysis.op_counter import register_mmengine_flop_handle
     # Restore MMEngine's table after the test.
     for table in ('_DEFAULT_SUPPORTED_FLOP_OPS', '_DEFAULT_SUPPORTED_ACT_OPS'):
         monkeypatch.setattr(ca, table, dict(getattr(ca, table)))

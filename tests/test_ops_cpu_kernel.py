@@ -312,7 +312,7 @@ def test_benchmark_unfold_form_and_layer_lists():
     """The benchmark's paper-style unfold formulation is the same function
     (and gradients) as the reference, and its layer lists are ResNet-20's
     and ResNet-50's distinct adder layers."""
-    from adder_mm.utils import benchmark as bench
+    from adder_mm.analysis import benchmark as bench
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
@@ -364,7 +364,7 @@ def test_benchmark_runs_and_reports(tmp_path, run_tool):
 
 
 def test_interleaved_times_alternates_calls():
-    from adder_mm.utils import benchmark as bench
+    from adder_mm.analysis import benchmark as bench
     calls = []
     medians, ratios = bench.interleaved_times(
         [lambda: calls.append('a'), lambda: calls.append('b')], 'cpu', 3, 1)
@@ -375,7 +375,7 @@ def test_interleaved_times_alternates_calls():
 def test_benchmark_models_use_the_real_layer():
     """--model-step times ResNet-20/50 built from AdderConv2d with torch
     alone; ResNet-20 has AdderResNet_CIFAR's layers and parameters."""
-    from adder_mm.utils import benchmark as bench
+    from adder_mm.analysis import benchmark as bench
     adder_mm_models = pytest.importorskip('adder_mm.models')
     from adder_mm.models import AdderConv2d
     ours = adder_mm_models.AdderResNet_CIFAR(depth=20)

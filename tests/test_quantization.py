@@ -329,7 +329,7 @@ def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path, tool):
 
 
 def test_op_counter_prices_quantized_ops_at_their_precision():
-    from adder_mm.utils.op_counter import count_ops, load_energy_table
+    from adder_mm.analysis.op_counter import count_ops, load_energy_table
     net = make_net()
     x = batches(1)[0][:1]
     float_ops = count_ops(net, x)

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from adder_mm.utils.op_counter import _energy_pj, count_ops
+from adder_mm.analysis.op_counter import _energy_pj, count_ops
 
 from .errors import ToolError
 from .runner import apply_cfg_options, load_config

@@ -60,7 +60,7 @@ weights). ``--int8-model`` times inference of the digits-shaped ResNet-20 in
 float32 against its post-training quantized (INT8, shared grid) self.
 CUDA: TF32 off, cuDNN autotuned (cudnn.benchmark), each sample a run of
 back-to-back calls of at least 2 ms timed with CUDA events. The measuring
-code is adder_mm/utils/benchmark.py (torch alone).
+code is adder_mm/analysis/benchmark.py (torch alone).
 
 ``--markdown FILE`` writes the tables, headed by the machine (CPU model and
 ISA flags, GPU, torch, threads) and the date, into FILE's section
@@ -73,8 +73,7 @@ import sys
 
 import torch
 
-from adder_mm.ops import set_cpu_isa
-from adder_mm.utils.benchmark import (
+from adder_mm.analysis.benchmark import (
     _fmt,
     _ms,
     bench_int8_layer,
@@ -89,6 +88,7 @@ from adder_mm.utils.benchmark import (
     select_layers,
     summary,
 )
+from adder_mm.ops import set_cpu_isa
 from adder_mm.utils.machine import describe
 from adder_mm.utils.markdown import write_section
 

@@ -10,7 +10,7 @@ with hooks on every AdderConv2d, convolution and Linear layer (backbone, neck
 and head), prints a per-layer table and totals, the estimated energy (45 nm
 figures of Horowitz, ISSCC 2014, or --energy) and, with --compare, the saving
 against the other config (usually the CNN twin). Conventions: see
-adder_mm/utils/op_counter.py. ``--out`` and ``--plot`` without a file name
+adder_mm/analysis/op_counter.py. ``--out`` and ``--plot`` without a file name
 write ops.json / ops.png into the work dir (default
 work_dirs/count_ops/<config name>), never into the current folder.
 ``--quantized Q.pth`` (a checkpoint of tools/quantize.py) also counts the
@@ -23,6 +23,7 @@ import json
 import os
 import os.path as osp
 
+from adder_mm.analysis.op_counter import CONVENTION, load_energy_table
 from adder_mm.apis import cfg_options_action, run_tool
 from adder_mm.apis.op_count import (
     compare,
@@ -34,7 +35,6 @@ from adder_mm.apis.op_count import (
     report,
 )
 from adder_mm.utils.markdown import write_section
-from adder_mm.utils.op_counter import CONVENTION, load_energy_table
 
 
 def parse_args(argv=None):
