@@ -208,7 +208,7 @@ def test_tool_converts_and_names_bad_files(tmp_path, run_tool):
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint' * 8)
     for args, needle in (
-            ([str(tmp_path / 'nope.pth')], 'no such file'),
+            ([str(tmp_path / 'nope.pth')], 'official checkpoint not found'),
             ([str(garbage)], 'is not a PyTorch checkpoint'),
             ([str(src), '--arch', 'resnet32'], 'wrong --arch')):
         arch = [] if '--arch' in args else ['--arch', 'resnet20']

@@ -21,8 +21,7 @@ def main(argv=None):
     parser.add_argument('dst', help='output checkpoint for adder_mm')
     parser.add_argument('--arch', required=True, choices=sorted(ARCHS))
     args = parser.parse_args(argv)
-    if not osp.isfile(args.src):
-        parser.error(f'src: no such file {args.src!r}')
+    # read_checkpoint (in convert_file) names a missing or unreadable src.
     n, classes, bias = convert_file(args.src, args.dst, args.arch)
     print(f'{args.arch}: {n} tensors, {classes} classes, head bias={bias} '
           f'-> {args.dst}')
