@@ -22,11 +22,11 @@ import os.path as osp
 from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
+    bare_model,
     build_runner,
     cfg_options_action,
     check_checkpoint,
     check_config_path,
-    read_checkpoint,
     run_tool,
 )
 
@@ -98,19 +98,12 @@ def top1(metrics):
 def main(argv=None):
     args = parse_args(argv)
     # A bad file stops the tool before anything is built.
-    read = {}
-
-    def read_ckpt(cfg):
-        read['ckpt'] = read_checkpoint(args.checkpoint)
-
-    runner = build_runner(args, merge_args,
-                          ('train_dataloader', 'test_dataloader'),
-                          before_build=read_ckpt)
-    model = runner.model.module if hasattr(runner.model, 'module') else \
-        runner.model
+    runner, ckpt = build_runner(args, merge_args,
+                                ('train_dataloader', 'test_dataloader'),
+                                checkpoint=args.checkpoint)
+    model = bare_model(runner)
     check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='refuse',
-                     ckpt=read['ckpt'])
+                     config=args.config, quantized='refuse', ckpt=ckpt)
     from adder_mm.quantization import CalibrationError, quantize_model
     from adder_mm.quantization.runner import (
         calibration_loader,

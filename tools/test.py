@@ -17,11 +17,11 @@ from copy import deepcopy
 from adder_mm.apis import (
     ToolError,
     apply_cfg_options,
+    bare_model,
     build_runner,
     cfg_options_action,
     check_checkpoint,
     check_config_path,
-    read_checkpoint,
     run_tool,
 )
 
@@ -137,26 +137,19 @@ def merge_args(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # A bad file stops the tool before anything is built.
-    read = {}
-
-    def read_ckpt(cfg):
-        read['ckpt'] = read_checkpoint(args.checkpoint)
-
-    runner = build_runner(args, merge_args, ('test_dataloader', ),
-                          before_build=read_ckpt)
-    # Compared with the model before testing: the Runner's own load (in
-    # test()) only warns on a mismatch and would test a partly random
-    # network. Costs a second read of the file.
-    model = runner.model.module if hasattr(runner.model, 'module') else \
-        runner.model
+    # The checkpoint is read before anything is built (a bad file stops
+    # the tool there) and compared with the model before testing: the
+    # Runner's own load (in test()) only warns on a mismatch and would test
+    # a partly random network. Costs a second read of the file.
+    runner, ckpt = build_runner(args, merge_args, ('test_dataloader', ),
+                                checkpoint=args.checkpoint)
+    model = bare_model(runner)
     # A quantized checkpoint (tools/quantize.py) gets its integer layers.
     check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='convert',
-                     ckpt=read['ckpt'])
+                     config=args.config, quantized='convert', ckpt=ckpt)
     from adder_mm.models.layers import QuantAdderConv2d
     from adder_mm.quantization.runner import quantized_spec
-    spec = quantized_spec(read['ckpt'] or {})
+    spec = quantized_spec(ckpt or {})
     if spec is not None:
         n = sum(isinstance(m, QuantAdderConv2d) for m in model.modules())
         runner.logger.info(

@@ -22,11 +22,11 @@ from adder_mm.apis import (
     ToolError,
     add_default_hooks,
     apply_cfg_options,
+    bare_model,
     build_runner,
     cfg_options_action,
     check_checkpoint,
     check_config_path,
-    read_checkpoint,
     run_tool,
 )
 
@@ -162,8 +162,7 @@ def check_start_checkpoint(runner, preread=(None, None)):
     if not path:
         return
     resume = bool(cfg.get('resume', False))
-    model = runner.model.module if hasattr(runner.model, 'module') else \
-        runner.model
+    model = bare_model(runner)
     _, diff = check_checkpoint(
         path, model, strict=resume,
         what='--resume checkpoint' if resume else 'load_from checkpoint',
@@ -177,18 +176,12 @@ def check_start_checkpoint(runner, preread=(None, None)):
 def main(argv=None):
     args = parse_args(argv)
     # A bad --resume file stops the tool before anything is built.
-    preread = [None, None]
-
-    def read_resume(cfg):
-        if args.resume not in (None, 'auto'):
-            preread[:] = [args.resume,
-                          read_checkpoint(args.resume, '--resume checkpoint')]
-
+    resume = args.resume if args.resume not in (None, 'auto') else None
     # Heavy imports after the argument checks, so bad use fails fast.
-    runner = build_runner(args, merge_args,
-                          ('train_dataloader', 'val_dataloader'),
-                          before_build=read_resume)
-    check_start_checkpoint(runner, preread)
+    runner, ckpt = build_runner(args, merge_args,
+                                ('train_dataloader', 'val_dataloader'),
+                                checkpoint=resume, what='--resume checkpoint')
+    check_start_checkpoint(runner, (resume, ckpt))
     add_default_hooks(runner)
     start = time.perf_counter()
     runner.train()

@@ -8,6 +8,7 @@ from .errors import ToolError
 from .runner import (
                      add_default_hooks,
                      apply_cfg_options,
+                     bare_model,
                      build_runner,
                      check_config_path,
                      has_adder_layers,
@@ -17,7 +18,8 @@ from .runner import (
 )
 
 __all__ = [
-    'ToolError', 'add_default_hooks', 'apply_cfg_options', 'build_runner',
+    'ToolError', 'add_default_hooks', 'apply_cfg_options', 'bare_model',
+    'build_runner',
     'cfg_options_action', 'check_cfg_options', 'check_checkpoint',
     'check_config_path',
     'has_adder_layers',

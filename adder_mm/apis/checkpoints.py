@@ -132,8 +132,8 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
     'convert' gives ``model`` its quantized layers first (evaluation),
     'refuse' is an error (training), 'require' makes a float checkpoint
     the error. ckpt: the file's contents when the caller already read it
-    (read_checkpoint before building the Runner, so that a bad file stops
-    the tool before anything is built).
+    (build_runner reads it before building the Runner, so that a bad file
+    stops the tool before anything is built).
 
     Returns:
         (checkpoint dict or None for remote files, differences text).

@@ -5,6 +5,7 @@ import os.path as osp
 import sys
 
 from .cfg_options import check_cfg_options
+from .checkpoints import read_checkpoint
 from .data_roots import prepare_data_roots
 from .errors import ToolError
 
@@ -108,12 +109,17 @@ def add_default_hooks(runner):
                            ' (list them in custom_hooks to configure them)')
 
 
-def build_runner(args, merge, loaders, before_build=None):
+def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint'):
     """Load ``args.config``, apply the command line (``merge(cfg, args)``),
-    check the data roots of ``loaders`` and the CPU launch, call
-    ``before_build(cfg)`` (a tool's own checks, e.g. reading its
-    checkpoint) and build the Runner. Raises ToolError on bad use, before
-    anything is built."""
+    check the data roots of ``loaders`` and the CPU launch, read
+    ``checkpoint`` (read_checkpoint; ``what`` names its role in messages)
+    and build the Runner. Raises ToolError on bad use, before anything is
+    built.
+
+    Returns:
+        (Runner, the checkpoint's contents or None without ``checkpoint``
+        or for a remote file).
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     from mmpretrain.utils import register_all_modules
@@ -125,11 +131,15 @@ def build_runner(args, merge, loaders, before_build=None):
     cfg = merge(cfg, args)
     prepare_data_roots(cfg, args.config, loaders)
     prepare_cpu_distributed(cfg)
-    if before_build is not None:
-        before_build(cfg)
+    ckpt = read_checkpoint(checkpoint, what) if checkpoint else None
     if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        return RUNNERS.build(cfg), ckpt
+    return Runner.from_cfg(cfg), ckpt
+
+
+def bare_model(runner):
+    """The runner's model without its DDP/FSDP wrapper."""
+    return getattr(runner.model, 'module', runner.model)
 
 
 def run_tool(main, argv=None, prog=None):
