@@ -313,6 +313,30 @@ def test_failed_download_is_a_message(capsys):
                           '(Name or service not known)')
 
 
+@pytest.mark.parametrize('fails', [False, True])
+def test_tools_destroy_their_process_group(tmp_path, fails):
+    """A gloo group left to the interpreter's exit can abort a rank after
+    a successful run; run_tool ends it, whether main returns or fails."""
+    import torch.distributed as dist
+
+    from adder_mm.apis import run_tool as run_main
+
+    def main(argv):
+        dist.init_process_group(
+            'gloo', init_method=f'file://{tmp_path / "store"}', rank=0,
+            world_size=1)
+        if fails:
+            raise ToolError('bad input')
+        return 'done'
+
+    if fails:
+        with pytest.raises(SystemExit):
+            run_main(main, [], prog='train.py')
+    else:
+        assert run_main(main, [], prog='train.py') == 'done'
+    assert not dist.is_initialized()
+
+
 # --- outputs -------------------------------------------------------------
 
 def test_count_ops_outputs_go_to_the_work_dir(tmp_path, run_tool):

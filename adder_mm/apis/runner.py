@@ -159,3 +159,18 @@ def run_tool(main, argv=None, prog=None):
               'network, put the files in place and point the config at '
               'them', file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        end_distributed()
+
+
+def end_distributed():
+    """Destroy the default process group, if the tool made one.
+
+    MMEngine leaves it to the interpreter's exit; a gloo group torn down
+    there can abort a rank after a successful run ("terminate called
+    without an active exception", SIGABRT, so torchrun reports failure).
+    Destroying it is local to the process: it waits on no other rank.
+    """
+    dist = sys.modules.get('torch.distributed')  # never imported: no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
