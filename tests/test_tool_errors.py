@@ -313,10 +313,20 @@ def test_failed_download_is_a_message(capsys):
                           '(Name or service not known)')
 
 
+def _gloo_threads():
+    tasks = '/proc/self/task'
+    return [name for name in (open(f'{tasks}/{t}/comm').read().strip()
+                              for t in os.listdir(tasks)) if 'gloo' in name]
+
+
+@pytest.mark.skipif(not osp.isdir('/proc/self/task'),
+                    reason='counts threads through Linux /proc')
 @pytest.mark.parametrize('fails', [False, True])
-def test_tools_destroy_their_process_group(tmp_path, fails):
-    """A gloo group left to the interpreter's exit can abort a rank after
-    a successful run; run_tool ends it, whether main returns or fails."""
+def test_tools_free_their_process_group(tmp_path, fails):
+    """A gloo group left to the interpreter's exit can abort a rank after a
+    successful run (a worker thread needs the GIL during finalization);
+    run_tool frees it, and so joins its threads, whether main returns
+    (holding the group, as a Runner with a DDP model does) or fails."""
     import torch.distributed as dist
 
     from adder_mm.apis import run_tool as run_main
@@ -325,16 +335,20 @@ def test_tools_destroy_their_process_group(tmp_path, fails):
         dist.init_process_group(
             'gloo', init_method=f'file://{tmp_path / "store"}', rank=0,
             world_size=1)
+        held = dict(group=dist.group.WORLD, tensor=torch.ones(3))
+        dist.all_reduce(held['tensor'])
+        assert _gloo_threads()
         if fails:
             raise ToolError('bad input')
-        return 'done'
+        return held
 
     if fails:
         with pytest.raises(SystemExit):
             run_main(main, [], prog='train.py')
     else:
-        assert run_main(main, [], prog='train.py') == 'done'
+        assert run_main(main, [], prog='train.py') is None
     assert not dist.is_initialized()
+    assert _gloo_threads() == []
 
 
 # --- outputs -------------------------------------------------------------

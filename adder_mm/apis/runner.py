@@ -146,31 +146,53 @@ def run_tool(main, argv=None, prog=None):
     """Run a tool's ``main(argv)``; a ToolError ends the process with
     ``prog: error: message`` and status 2, without a traceback, and so
     does a download that fails (a dataset with ``download=True`` or a
-    checkpoint URL without network)."""
+    checkpoint URL without network).
+
+    Returns what ``main`` returns, except in a distributed run: there the
+    result (the Runner, whose DDP model holds the process group) is dropped
+    so that :func:`end_distributed` can free the group before exit.
+    """
     from urllib.error import URLError
     prog = prog or osp.basename(sys.argv[0])
     try:
-        return main(argv)
+        result = main(argv)
     except ToolError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        raise SystemExit(2) from None
+        message = str(e)
     except URLError as e:
-        print(f'{prog}: error: a download failed ({e.reason}); without '
-              'network, put the files in place and point the config at '
-              'them', file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
+        message = (f'a download failed ({e.reason}); without network, put '
+                   'the files in place and point the config at them')
+    else:
+        if not _distributed():
+            return result
+        del result
         end_distributed()
+        return None
+    # Outside the except clauses: the exception and its frames are gone.
+    end_distributed()
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _distributed():
+    dist = sys.modules.get('torch.distributed')  # never imported: no group
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def end_distributed():
-    """Destroy the default process group, if the tool made one.
+    """Free the default process group while Python is still fully alive.
 
-    MMEngine leaves it to the interpreter's exit; a gloo group torn down
-    there can abort a rank after a successful run ("terminate called
-    without an active exception", SIGABRT, so torchrun reports failure).
-    Destroying it is local to the process: it waits on no other rank.
+    MMEngine leaves the group to the interpreter's exit. A gloo worker
+    thread that drops its last reference to a finished collective's tensors
+    during interpreter finalization needs the GIL, cannot get it, and aborts
+    the process ("terminate called without an active exception", SIGABRT:
+    torchrun reports a failed run after a successful one). Destroying the
+    group once nothing else holds it (call this after dropping the Runner)
+    joins those threads here. Local to the process: it waits on no rank.
     """
-    dist = sys.modules.get('torch.distributed')  # never imported: no group
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not _distributed():
+        return
+    import gc
+
+    import torch.distributed as dist
+    gc.collect()  # reference cycles that still hold the DDP model
+    dist.destroy_process_group()
