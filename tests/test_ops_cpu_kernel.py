@@ -63,6 +63,14 @@ CASES = [
     (2, 3, 12, 20, 5, 2, 3, (1, 1), (2, 1), (2, 1), 1),
     (2, 3, 9, 10, 4, 3, 1, (1, 1), (0, 0), (1, 1), 1),
     (2, 8, 10, 12, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),
+    # Full strips of one image that the last K-block's tiles store into
+    # the output directly, beside strips crossing images (through the
+    # accumulator), with O % 8 != 0 (a last tile of fewer rows): 1x1 read
+    # in place with several K-blocks; the virtual grid with strips inside
+    # one row (OW = 70 > strip); the segment path at stride 2.
+    (3, 300, 8, 9, 13, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (2, 20, 6, 70, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 10, 9, 80, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1),
 ]
 
 

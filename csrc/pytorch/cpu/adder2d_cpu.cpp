@@ -457,6 +457,24 @@ void vgrid_output_runs(const Adder2dParams& p, const VGrid& vg, int64_t q,
   }
 }
 
+// Whether the NR slots of a strip starting at position q (virtual on the
+// grid) are NR consecutive output positions of one image, which the tiles
+// can then store to directly (row stride L); if so, its image n and the
+// output position l of its first slot.
+inline bool strip_output(const Adder2dParams& p, bool vgrid, const VGrid& vg,
+                         int64_t q, int64_t nr, int64_t* n, int64_t* l) {
+  if (!vgrid || vg.Wp == p.OW) {  // positions are output positions
+    const int64_t L = p.L();
+    *n = q / L;
+    *l = q % L;
+    return *l + nr <= L;
+  }
+  const int64_t lv = q % vg.LV, ow = lv % vg.Wp;
+  *n = q / vg.LV;
+  *l = lv / vg.Wp * p.OW + ow;
+  return ow + nr <= p.OW;  // within the real columns of one row
+}
+
 // Positions per chunk: whole strips, about kChunkBytes of packed im2col.
 // Depends on the shape only (never on the thread count).
 int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
@@ -553,11 +571,21 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
     T* const acc = accs.slice(tid);  // [strip][ob][MR][NR]
     T* const win = wins.slice(tid);
     std::vector<WinImage<T>> imgs(win_imgs);
+    // Per strip: where its outputs start in y when the last K-block's tiles
+    // store them there directly (-1: through `acc` and the copies below).
+    std::vector<int64_t> ydirect(strips);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t g = t / nchunk, c = t % nchunk;
       const int64_t q0 = c * PC, len = std::min(PC, NL - q0);
       const int64_t ns = ceil_div(len, NR);
       const T* const Ag = A + g * nob * K * MR;
+      for (int64_t s = 0; s < ns; ++s) {
+        int64_t n, l;
+        ydirect[s] = s * NR + NR <= len &&
+                             strip_output(p, vgrid, vg, q0 + s * NR, NR, &n, &l)
+                         ? (n * p.O + g * Og) * L + l
+                         : -1;
+      }
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t c0 = kb * cb, chans = std::min(cb, Cg - c0);
         const int64_t k0 = c0 * KK, kc = chans * KK;
@@ -591,18 +619,28 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           const ChunkGeom cg{&p, chans, kc, kc, p.C * HW};
           im2col_chunk<T, NR>(x + (g * Cg + c0) * HW, cg, q0, len, buf);
         }
+        const bool last = kb == nkb - 1;
         for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
           const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
           for (int64_t s = 0; s < ns; ++s) {
             const T* bs = buf + s * kc * NR;
-            for (int64_t ob = ob0; ob < ob1; ++ob)
-              kt.fwd_tile(kc, Ag + (k0 * nob + ob * kc) * MR, bs,
-                          acc + (s * nob + ob) * MR * NR, kb > 0,
-                          kb == nkb - 1);
+            for (int64_t ob = ob0; ob < ob1; ++ob) {
+              T* const as = acc + (s * nob + ob) * MR * NR;
+              const T* const a = Ag + (k0 * nob + ob * kc) * MR;
+              if (last && ydirect[s] >= 0)
+                kt.fwd_tile(kc, a, bs, kb > 0 ? as : nullptr,
+                            y + ydirect[s] + ob * MR * L, L,
+                            static_cast<int>(std::min<int64_t>(MR, Og - ob * MR)),
+                            true);
+              else
+                kt.fwd_tile(kc, a, bs, kb > 0 ? as : nullptr, as, NR, MR,
+                            last);
+            }
           }
         }
       }
       for (int64_t s = 0; s < ns; ++s) {
+        if (ydirect[s] >= 0) continue;  // written by the tiles
         const int valid =
             static_cast<int>(std::min<int64_t>(NR, len - s * NR));
         if (vgrid) {

@@ -38,7 +38,8 @@ namespace {
 
 template <class Ops, int MR, int NV>
 void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
-              typename Ops::T* C, bool accumulate, bool negate) {
+              const typename Ops::T* C, typename Ops::T* Y, int64_t ldy,
+              int rows, bool last) {
   using V = typename Ops::V;
   constexpr int L = Ops::kLanes, NR = NV * L;
   V acc[MR][NV];
@@ -48,7 +49,7 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      acc[r][v] = accumulate ? Ops::load(C + r * NR + v * L) : Ops::zero();
+      acc[r][v] = C ? Ops::load(C + r * NR + v * L) : Ops::zero();
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 4
@@ -64,9 +65,10 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+    if (r < rows)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      Ops::store(C + r * NR + v * L, negate ? Ops::neg(acc[r][v]) : acc[r][v]);
+      for (int v = 0; v < NV; ++v)
+        Ops::store(Y + r * ldy + v * L, last ? Ops::neg(acc[r][v]) : acc[r][v]);
 }
 
 template <class Ops, int MK, int NV>
