@@ -27,6 +27,13 @@ namespace {
 // Measured single-core tile rates, Zen 5, K = 576, G terms/s: forward 8x2
 // all-FMA-pipe subtract 60-77, alternating 86-87; grad_X 6x2 max+min
 // clamp 63, vrangeps clamp with alternating subtract 83-85.
+// The weight is read by the subtract itself (embedded broadcast, {1to16})
+// rather than by a vbroadcastss into a register shared by the tile's NV
+// terms: on Zen 4, which runs zmm ops as two 256-bit halves on the same
+// four pipes, a broadcast from memory also takes an FP pipe slot. Zen 4,
+// one core, K = 128 in L1, G terms/s: forward 8x2 29 -> 37, grad_X 6x2
+// 29 -> 36 (the four pipes' limit is 37; an FMA tile does 56 G MAC/s).
+// GCC keeps a broadcast used twice in a register, hence the asm.
 
 struct OpsF {
   using T = float;
@@ -37,9 +44,17 @@ struct OpsF {
   static void store(T* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(T a) { return _mm512_set1_ps(a); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V sub(V a, V b, int slot) {
-    return (slot & 1) ? _mm512_fnmadd_ps(b, _mm512_set1_ps(1.0f), a)
-                      : _mm512_sub_ps(a, b);
+  static V bsub(V x, const T* p, int slot) {
+    V d;
+    if (slot & 1) {
+      d = x;
+      asm("vfnmadd231ps %1%{1to16%}, %2, %0"
+          : "+v"(d)
+          : "m"(*p), "v"(_mm512_set1_ps(1.0f)));
+    } else {
+      asm("vsubps %1%{1to16%}, %2, %0" : "=v"(d) : "m"(*p), "v"(x));
+    }
+    return d;
   }
   static V neg(V a) {
     return _mm512_castsi512_ps(_mm512_xor_si512(
@@ -47,7 +62,7 @@ struct OpsF {
   }
   // Clears the sign bit: exact |a|, one logic op.
   static V abs(V a) { return _mm512_abs_ps(a); }
-  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
   // vrangeps, imm 0b0010: of d and 1 the one with the smaller magnitude,
   // with d's sign: exactly min(max(d, -1), 1) for every non-NaN d (checked
   // over +-0, +-1, +-inf and both sides of 1), in one op instead of two.
@@ -63,16 +78,24 @@ struct OpsD {
   static void store(T* p, V v) { _mm512_storeu_pd(p, v); }
   static V set1(T a) { return _mm512_set1_pd(a); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static V sub(V a, V b, int slot) {
-    return (slot & 1) ? _mm512_fnmadd_pd(b, _mm512_set1_pd(1.0), a)
-                      : _mm512_sub_pd(a, b);
+  static V bsub(V x, const T* p, int slot) {
+    V d;
+    if (slot & 1) {
+      d = x;
+      asm("vfnmadd231pd %1%{1to8%}, %2, %0"
+          : "+v"(d)
+          : "m"(*p), "v"(_mm512_set1_pd(1.0)));
+    } else {
+      asm("vsubpd %1%{1to8%}, %2, %0" : "=v"(d) : "m"(*p), "v"(x));
+    }
+    return d;
   }
   static V neg(V a) {
     return _mm512_castsi512_pd(_mm512_xor_si512(
         _mm512_castpd_si512(a), _mm512_set1_epi64(INT64_MIN)));
   }
   static V abs(V a) { return _mm512_abs_pd(a); }
-  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V clamp1(V d) { return _mm512_range_pd(d, _mm512_set1_pd(1.0), 2); }
 };
 

@@ -26,13 +26,13 @@ struct OpsVec {
   static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
   static V set1(T a) { return V{} + a; }
   static V add(V a, V b) { return a + b; }
-  static V sub(V a, V b, int) { return a - b; }
+  static V bsub(V x, const T* p, int) { return x - *p; }
   static V neg(V a) { return -a; }
   static V abs(V a) { return a < 0 ? -a : a; }
   static V min(V a, V b) { return a < b ? a : b; }
   static V max(V a, V b) { return a > b ? a : b; }
   static V clamp1(V d) { return min(max(d, set1(T(-1))), set1(T(1))); }
-  static V fmadd(V a, V b, V c) { return a * b + c; }
+  static V fnmadd(V a, V b, V c) { return c - a * b; }
 };
 
 }  // namespace

@@ -15,11 +15,14 @@
 // forward, o ascending for grad_X) inside one register lane, so results do
 // not depend on blocking or on the number of threads.
 //
-// Ops: T, V, kLanes, zero, load, store, set1, add, neg, abs, fmadd, and
-//   sub(a, b, slot)  a - b; `slot` is the term's index in the tile (a
-//                    constant after unrolling), so an ISA may send
-//                    alternate subtracts to different pipes (bit-identical
-//                    forms only: a - b rounds once either way);
+// Ops: T, V, kLanes, zero, load, store, add, neg, abs, fnmadd, and
+//   bsub(x, p, slot) x - *p, *p broadcast to every lane; `slot` is the
+//                    term's index in the tile (a constant after
+//                    unrolling), so an ISA may send alternate subtracts to
+//                    different pipes (bit-identical forms only: x - *p
+//                    rounds once either way) and may read *p straight from
+//                    memory (AVX-512 embedded broadcast) instead of from a
+//                    broadcast register;
 //   clamp1(d)        min(max(d, -1), 1), exact (one op on AVX-512).
 #pragma once
 #include <cstdint>
@@ -55,13 +58,11 @@ void fwd_tile(int64_t K, const typename Ops::T* A, const typename Ops::T* B,
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = Ops::load(B + k * NR + v * L);
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const V a = Ops::set1(A[k * MR + r]);
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
-        acc[r][v] =
-            Ops::add(acc[r][v], Ops::abs(Ops::sub(b[v], a, r * NV + v)));
-    }
+        acc[r][v] = Ops::add(
+            acc[r][v], Ops::abs(Ops::bsub(b[v], A + k * MR + r, r * NV + v)));
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
@@ -88,15 +89,16 @@ void bwd_tile(int64_t Og, const typename Ops::T* WT, const typename Ops::T* Gp,
     V g[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) g[v] = Ops::load(Gp + o * NR + v * L);
+    // clamp(w - x) g = -clamp(x - w) g exactly (the clamp is odd and a
+    // difference rounds the same either way round), and x - w is the form
+    // bsub has: a broadcast weight subtracted from the inputs.
 #pragma GCC unroll 16
-    for (int r = 0; r < MK; ++r) {
-      const V w = Ops::set1(WT[o * MK + r]);
+    for (int r = 0; r < MK; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        const V d = Ops::clamp1(Ops::sub(w, x[r][v], r * NV + v));
-        acc[r][v] = Ops::fmadd(d, g[v], acc[r][v]);
+        const V d = Ops::clamp1(Ops::bsub(x[r][v], WT + o * MK + r, r * NV + v));
+        acc[r][v] = Ops::fnmadd(d, g[v], acc[r][v]);
       }
-    }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MK; ++r)
