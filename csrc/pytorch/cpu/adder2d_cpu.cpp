@@ -1,6 +1,6 @@
 // CPU kernels of adder2d: GEMM-like blocking over packed im2col strips.
 //
-// Forward, per task (image n, group g, chunk of PC output positions):
+// Forward, per task (group g, chunk of at most PC output positions):
 //   im2col the chunk into a per-thread buffer packed as [strip][K][NR], then
 //   for every strip and every block of MR output channels run the register
 //   tile of adder2d_cpu_kernels.h over the full K (weights packed once per
@@ -475,6 +475,21 @@ inline bool strip_output(const Adder2dParams& p, bool vgrid, const VGrid& vg,
   return ow + nr <= p.OW;  // within the real columns of one row
 }
 
+// Chunks per group for S strips at most `most` strips each, as many as
+// needed and then a few more so that the G * chunks tasks split evenly
+// over `threads` (at::parallel_for gives each thread a contiguous equal
+// share); chunk c holds strips [c*S/n, (c+1)*S/n), so sizes differ by at
+// most one. ResNet-50's 7x7 layers (49 strips, 4 per chunk) otherwise ran
+// 13 chunks on 2 threads: 28 strips against 21. Results do not depend on
+// the split (each output is one chain over k in one lane).
+int64_t balanced_chunks(int64_t S, int64_t most, int64_t G,
+                        int64_t threads) {
+  const int64_t n0 = ceil_div(S, most);
+  for (int64_t n = n0; n < n0 + threads && n <= S; ++n)
+    if ((G * n) % threads == 0) return n;
+  return n0;
+}
+
 // Positions per chunk: whole strips, about kChunkBytes of packed im2col.
 // Depends on the shape only (never on the thread count).
 int64_t chunk_positions(int64_t K, int64_t L, int NR, size_t elem) {
@@ -538,15 +553,17 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
     }
   });
   const int64_t elem = sizeof(T);
-  // Bounded by the accumulator and the im2col buffer sizes, and leaving at
-  // least kFwdMinChunks tasks per group where there are that many strips
-  // (batch-1 calls still feed every thread). Shape-only, like the rest.
+  // Strips per chunk: bounded by the accumulator and the im2col buffer
+  // sizes, and leaving at least kFwdMinChunks tasks per group where there
+  // are that many strips (batch-1 calls still feed every thread); the
+  // chunk count is then evened out over the threads.
   const int64_t strips = std::max<int64_t>(
       1, std::min({ceil_div(ceil_div(NL, NR), kFwdMinChunks),
                    kFwdAccBytes / (nob * MR * NR * elem),
                    kFwdChunkBytes / (cb * KK * NR * elem)}));
-  const int64_t PC = strips * NR;
-  const int64_t nchunk = ceil_div(NL, PC);
+  const int64_t PC = strips * NR;  // positions per chunk, at most
+  const int64_t nchunk = balanced_chunks(ceil_div(NL, NR), strips, G,
+                                         at::get_num_threads());
   const int64_t obs_per_panel = std::max<int64_t>(
       1, kPanelBytes / (cb * KK * MR * static_cast<int64_t>(sizeof(T))));
 
@@ -576,7 +593,9 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
     std::vector<int64_t> ydirect(strips);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t g = t / nchunk, c = t % nchunk;
-      const int64_t q0 = c * PC, len = std::min(PC, NL - q0);
+      const int64_t S = ceil_div(NL, NR);
+      const int64_t q0 = c * S / nchunk * NR;
+      const int64_t len = std::min((c + 1) * S / nchunk * NR, NL) - q0;
       const int64_t ns = ceil_div(len, NR);
       const T* const Ag = A + g * nob * K * MR;
       for (int64_t s = 0; s < ns; ++s) {
