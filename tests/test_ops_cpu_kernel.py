@@ -55,11 +55,11 @@ CASES = [
     (2, 6, 9, 11, 10, 1, 1, (2, 2), (0, 0), (1, 1), 1),
     # The stride-1 virtual grid (OH x (W + 2 pad) positions read from
     # zero-padded windows): forward chunks spanning images (16x16, O = 8),
-    # grad_X tasks of 4 and 2 images (8x8), dilated rows with unequal
+    # grad_X tasks of 3 and 4 images (8x8), dilated rows with unequal
     # padding and a 2x3 kernel, a 3x1 kernel without padding (read in
     # place), groups.
     (5, 3, 16, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-    (6, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (7, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (2, 3, 12, 20, 5, 2, 3, (1, 1), (2, 1), (2, 1), 1),
     (2, 3, 9, 10, 4, 3, 1, (1, 1), (0, 0), (1, 1), 1),
     (2, 8, 10, 12, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),
