@@ -71,6 +71,10 @@ CASES = [
     (3, 300, 8, 9, 13, 1, 1, (1, 1), (0, 0), (1, 1), 1),
     (2, 20, 6, 70, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     (2, 10, 9, 80, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    # Fewer forward chunks than threads (batch 1, one strip): the output
+    # channel blocks are shared out as well (O % 8 != 0; with groups).
+    (1, 6, 4, 4, 30, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 8, 4, 4, 36, 3, 3, (1, 1), (1, 1), (1, 1), 2),
 ]
 
 
@@ -244,13 +248,14 @@ def test_outputs_fully_written_poisoned(run_python):
         assert f'checked {isa}' in out
 
 
-@pytest.mark.parametrize('case', [CASES[1], CASES[6], CASES[10]])
+@pytest.mark.parametrize(
+    'case', [CASES[1], CASES[6], CASES[10], CASES[-2], CASES[-1]])
 def test_bit_identical_across_runs_and_threads(case, cpu_isa):
     before = torch.get_num_threads()
     try:
         outs = []
         # Oversubscribing is fine here: the point is several threads.
-        for threads in (3, 1, 2, 3):
+        for threads in (3, 1, 2, 6, 3):
             torch.set_num_threads(threads)
             y, _, gx, _ = _run(case, torch.float32)
             outs.append((y, gx))

@@ -577,9 +577,14 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           ? cb * (PC + win_imgs * (2 + (p.KH - 1) * p.dil_h) * vg.Wp) +
                 win_imgs * vg.slack
           : 0;
+  // Fewer chunks than threads (batch 1, small maps: a 7x7 map is 2
+  // strips): the output-channel blocks are split too, each part
+  // im2col'ing the chunk for itself, so every thread gets tiles.
+  const int64_t nos =
+      std::min(nob, std::max<int64_t>(1, nthreads / (G * nchunk)));
   Scratch<T> bufs(PC * cb * KK, nthreads), accs(PC * nob * MR, nthreads),
       wins(win_elems, nthreads);
-  at::parallel_for(0, G * nchunk, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, G * nchunk * nos, 1, [&](int64_t begin, int64_t end) {
     // Clamped: a call nested in another parallel region runs inline on a
     // thread whose number may exceed this call's thread count.
     const int64_t tid =
@@ -592,7 +597,9 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
     // store them there directly (-1: through `acc` and the copies below).
     std::vector<int64_t> ydirect(strips);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g = t / nchunk, c = t % nchunk;
+      const int64_t g = t / (nchunk * nos), c = t / nos % nchunk;
+      // This task's output-channel blocks [obA, obB).
+      const int64_t obA = t % nos * nob / nos, obB = (t % nos + 1) * nob / nos;
       const int64_t S = ceil_div(NL, NR);
       const int64_t q0 = c * S / nchunk * NR;
       const int64_t len = std::min((c + 1) * S / nchunk * NR, NL) - q0;
@@ -639,8 +646,8 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           im2col_chunk<T, NR>(x + (g * Cg + c0) * HW, cg, q0, len, buf);
         }
         const bool last = kb == nkb - 1;
-        for (int64_t ob0 = 0; ob0 < nob; ob0 += obs_per_panel) {
-          const int64_t ob1 = std::min(nob, ob0 + obs_per_panel);
+        for (int64_t ob0 = obA; ob0 < obB; ob0 += obs_per_panel) {
+          const int64_t ob1 = std::min(obB, ob0 + obs_per_panel);
           for (int64_t s = 0; s < ns; ++s) {
             const T* bs = buf + s * kc * NR;
             for (int64_t ob = ob0; ob < ob1; ++ob) {
@@ -658,6 +665,8 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           }
         }
       }
+      // The task's output channels (rows of acc past Og are padding).
+      const int64_t oA = obA * MR, oB = std::min(obB * MR, Og);
       for (int64_t s = 0; s < ns; ++s) {
         if (ydirect[s] >= 0) continue;  // written by the tiles
         const int valid =
@@ -666,7 +675,7 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           vgrid_output_runs(
               p, vg, q0 + s * NR, valid,
               [&](int u, int cnt, int64_t n, int64_t l) {
-                for (int64_t o = 0; o < Og; ++o)
+                for (int64_t o = oA; o < oB; ++o)
                   std::memcpy(y + (n * p.O + g * Og + o) * L + l,
                               acc + (s * nob * MR + o) * NR + u,
                               sizeof(T) * cnt);
@@ -678,7 +687,7 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
           const int64_t q = q0 + s * NR + u0, n = q / L, l = q % L;
           const int cnt =
               static_cast<int>(std::min<int64_t>(valid - u0, L - l));
-          for (int64_t o = 0; o < Og; ++o) {
+          for (int64_t o = oA; o < oB; ++o) {
             std::memcpy(y + (n * p.O + g * Og + o) * L + l,
                         acc + (s * nob * MR + o) * NR + u0, sizeof(T) * cnt);
           }
