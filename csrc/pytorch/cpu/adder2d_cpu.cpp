@@ -475,6 +475,25 @@ inline bool strip_output(const Adder2dParams& p, bool vgrid, const VGrid& vg,
   return ow + nr <= p.OW;  // within the real columns of one row
 }
 
+// Forward weight panel a[k*MR + r] = w0[r*ldw + k] for k < kc, rows from
+// `rows` on zero: written in order, MR rows read side by side. The loop
+// with the rows outermost (strided stores) took about 3.5 cycles per
+// element: 40% of a batch-1 forward of a 7x7 layer with C = O = 512.
+template <int MR, typename T>
+void pack_panel(const T* w0, int64_t ldw, int rows, int64_t kc, T* a) {
+  const T* src[MR];
+  for (int r = 0; r < MR; ++r) src[r] = w0 + (r < rows ? r : 0) * ldw;
+  if (rows == MR) {
+    for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) a[k * MR + r] = src[r][k];
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) a[k * MR + r] = r < rows ? src[r][k] : T(0);
+}
+
 // Chunks per group for S strips at most `most` strips each, as many as
 // needed and then a few more so that the G * chunks tasks split evenly
 // over `threads` (at::parallel_for gives each thread a contiguous equal
@@ -543,12 +562,16 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * cb * KK, kc = std::min(cb, Cg - kb * cb) * KK;
         T* a = A + g * nob * K * MR + (k0 * nob + ob * kc) * MR;
-        for (int r = 0; r < MR; ++r) {
-          const int64_t o = ob * MR + r;
-          const T* wo = w + (g * Og + o) * K + k0;
-          for (int64_t k = 0; k < kc; ++k)
-            a[k * MR + r] = o < Og ? wo[k] : T(0);
-        }
+        const T* w0 = w + (g * Og + ob * MR) * K + k0;
+        const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
+        if (MR == 8)
+          pack_panel<8>(w0, K, rows, kc, a);
+        else if (MR == 4)
+          pack_panel<4>(w0, K, rows, kc, a);
+        else
+          for (int r = 0; r < MR; ++r)
+            for (int64_t k = 0; k < kc; ++k)
+              a[k * MR + r] = r < rows ? w0[r * K + k] : T(0);
       }
     }
   });
