@@ -357,13 +357,14 @@ def test_benchmark_runs_and_reports(tmp_path, run_tool):
     md.write_text('# kept\n')
     proc = run_tool([BENCHMARK, '--suite', 'resnet20', '--layers',
                      'layer3.0.down', '--repeat', '2', '--warmup', '0',
-                     '--threads', '1', '--out', out, '--markdown', md])
+                     '--threads', '1', '--batch', '3', '--out', out,
+                     '--markdown', md])
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
     res = json.loads(out.read_text())
     assert res['env']['threads'] == 1
     lay, = res['layers']
-    assert lay['name'] == 'layer3.0.down'
+    assert lay['name'] == 'layer3.0.down' and lay['N'] == 3
     for key in ('adder_fwd_ms', 'conv_fwd_ms', 'adder_fwdbwd_ms',
                 'conv_fwdbwd_ms', 'unfold_fwd_ms', 'adder_over_conv_fwd',
                 'adder_over_conv_fwdbwd', 'unfold_over_adder_fwd'):

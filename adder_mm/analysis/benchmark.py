@@ -80,12 +80,13 @@ def _distinct(layers):
     return out
 
 
-def select_layers(suites, wanted=None):
+def select_layers(suites, wanted=None, batch=None):
     """(suite, layer) of the suites ('resnet20', 'resnet50') in order, only
-    the layer names in ``wanted`` when given."""
+    the layer names in ``wanted`` when given; ``batch`` replaces the suites'
+    own (64 and 32), e.g. 1 for inference latency."""
     for suite in suites:
-        layers = (resnet20_layers() if suite == 'resnet20' else
-                  resnet50_layers())
+        build = resnet20_layers if suite == 'resnet20' else resnet50_layers
+        layers = build() if batch is None else build(batch)
         for lay in layers:
             if wanted is None or lay['name'] in wanted:
                 yield suite, lay

@@ -2,15 +2,16 @@
 
     python tools/analysis_tools/benchmark_adder.py [--device cpu|cuda]
         [--dtype float32|float16|bfloat16] [--suite resnet20|resnet50|all]
-        [--repeat N] [--warmup N] [--model-step [resnet20|resnet50]]
+        [--batch B] [--repeat N] [--warmup N]
+        [--model-step [resnet20|resnet50]]
         [--step-batch B] [--no-unfold] [--unfold-max-mib M]
         [--cpu-isa generic|avx2|avx512] [--int8] [--int8-model]
         [--onednn-max-isa ISA] [--out FILE.json]
         [--markdown FILE.md [--section NAME]]
 
 For every distinct adder layer of ResNet-20 (CIFAR 32x32, batch 64) and
-ResNet-50 (ImageNet 224x224, batch 32): median wall time of the forward and
-of forward+backward (grad of input and weight) of
+ResNet-50 (ImageNet 224x224, batch 32), or at --batch: median wall time of
+the forward and of forward+backward (grad of input and weight) of
 
 - ``adder``: ``adder_mm.ops.adder2d`` (compiled kernels),
 - ``conv``: ``F.conv2d`` on the same shapes (oneDNN / cuDNN),
@@ -108,7 +109,7 @@ def _main_int8(args, suites, wanted):
     torch.backends.quantized.engine = 'x86'
     env = environment('cpu')
     results = []
-    for suite, lay in select_layers(suites, wanted):
+    for suite, lay in select_layers(suites, wanted, args.batch):
         if not results:
             print(_int8_header(env, args), flush=True)
         r = bench_int8_layer(lay, args)
@@ -170,6 +171,10 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--dtype', default='float32',
                         choices=['float32', 'float16', 'bfloat16'])
+    parser.add_argument('--batch', type=int, default=None,
+                        help='batch of every layer (default: 64 for '
+                        'resnet20, 32 for resnet50; 1 for inference '
+                        'latency)')
     parser.add_argument('--suite', default='all',
                         choices=['resnet20', 'resnet50', 'all'])
     parser.add_argument('--repeat', type=int, default=5,
@@ -231,6 +236,8 @@ def parse_args(argv=None):
                      'CUDA kernel)')
     if args.step_batch < 1:
         parser.error('--step-batch must be >= 1')
+    if args.batch is not None and args.batch < 1:
+        parser.error('--batch must be >= 1')
     return args
 
 
@@ -275,7 +282,7 @@ def main(argv=None):
     print(f"# {describe(env)}, {env['threads']} threads, {args.dtype}, "
           f"ext {env['ext']}")
     results = []
-    for suite, lay in select_layers(suites, wanted):
+    for suite, lay in select_layers(suites, wanted, args.batch):
         r = bench_layer(lay, args, device, dtype)
         r['suite'] = suite
         results.append(r)
