@@ -580,17 +580,17 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
   // sizes, and leaving at least kFwdMinChunks tasks per group where there
   // are that many strips (batch-1 calls still feed every thread); the
   // chunk count is then evened out over the threads.
+  const int64_t S = ceil_div(NL, NR);  // strips per group
+  const int64_t nthreads = at::get_num_threads();
   const int64_t strips = std::max<int64_t>(
-      1, std::min({ceil_div(ceil_div(NL, NR), kFwdMinChunks),
+      1, std::min({ceil_div(S, kFwdMinChunks),
                    kFwdAccBytes / (nob * MR * NR * elem),
                    kFwdChunkBytes / (cb * KK * NR * elem)}));
   const int64_t PC = strips * NR;  // positions per chunk, at most
-  const int64_t nchunk = balanced_chunks(ceil_div(NL, NR), strips, G,
-                                         at::get_num_threads());
+  const int64_t nchunk = balanced_chunks(S, strips, G, nthreads);
   const int64_t obs_per_panel = std::max<int64_t>(
       1, kPanelBytes / (cb * KK * MR * static_cast<int64_t>(sizeof(T))));
 
-  const int64_t nthreads = at::get_num_threads();
   // Virtual grid: per chunk and K-block a zero-padded window of the rows
   // the chunk's images need (whole rows, plus KH-1 dilated rows below).
   const int64_t win_imgs =
@@ -623,7 +623,6 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
       const int64_t g = t / (nchunk * nos), c = t / nos % nchunk;
       // This task's output-channel blocks [obA, obB).
       const int64_t obA = t % nos * nob / nos, obB = (t % nos + 1) * nob / nos;
-      const int64_t S = ceil_div(NL, NR);
       const int64_t q0 = c * S / nchunk * NR;
       const int64_t len = std::min((c + 1) * S / nchunk * NR, NL) - q0;
       const int64_t ns = ceil_div(len, NR);
