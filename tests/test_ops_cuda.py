@@ -174,6 +174,89 @@ def _reference(c, x, w, b, g):
 
 _NAMES = ('output', 'grad_input', 'grad_weight', 'grad_bias')
 
+# Unit roundoff u (half an ulp, relative: |round(v) - v| <= u |v|) of the
+# half dtypes, and of the float32 the kernels accumulate in.
+_UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+_U_ACC = 2.0**-24
+# Half the spacing of float16's subnormals (bfloat16's are finer).
+_TINY = 2.0**-25
+
+
+def _half_bounds(c, x, w, b, g, want):
+    """Per-element error bounds of adder2d's output and gradients in float16
+    or bfloat16 on the CUDA path, from its roundings and float32
+    accumulation. A missing term (one tap of one channel) exceeds them at
+    any output size; a bound scaled by the tensor's largest value (rtol 1e-2
+    or 5e-2 of about 140) let it through.
+
+    x, w, b, g: the rounded inputs; want: the float64 reference results.
+    With u the dtype's unit roundoff, u32 float32's, and S an element's sum
+    of the absolute values of its terms:
+      output       K + 1 float32 roundings of partial sums of |x - w|
+                   ((K + 1) u32 S), one to the dtype (u S), then the bias
+                   added in the dtype (u |y|);
+      grad_input   float32 sums of the n = (Cout/G) KH KW terms sat(.) g and
+                   of g, the clamp argument 0.5 w + 0.5 - 0.5 x rounded in
+                   float32 (2 u32 (1 + |w| + |x|) |g| per term, allowed
+                   twice), one rounding of 2 acc - sum g (u |gX|);
+      grad_weight  the vendor's sum of x g over the positions rounded to the
+                   dtype (u S_xg, allowed twice: its internal roundings are
+                   its own), w sum g and the difference in float32, one
+                   rounding (u |gW|);
+      grad_bias    a float32 sum of g, one rounding.
+    Each bound is a float64 CPU tensor shaped like its result.
+    """
+    u, ua = _UNIT[x.dtype], _U_ACC
+    conf = _conf(c)
+    x, w, g = (t.detach().cpu().double() for t in (x, w, g))
+    kh, kw = c['kernel']
+    k_fwd = c['cin'] // c['groups'] * kh * kw
+    k_bwd = c['cout'] // c['groups'] * kh * kw
+    positions = g.shape[0] * g.shape[2] * g.shape[3]
+    y, gx, gw, gb = (None if t is None else t.abs() for t in want)
+
+    s_y = adder2d_reference(x, w, None, **conf).neg_()
+    acc_y = (k_fwd + 1) * ua * s_y
+    tol_y = acc_y + u * (s_y + acc_y) + _TINY
+    if b is not None:
+        tol_y = tol_y + u * (y + tol_y)
+
+    s_gx = torch.nn.grad.conv2d_input(x.shape, torch.ones_like(w), g.abs(),
+                                      **conf)
+    big = max(x.abs().max().item(), w.abs().max().item(), 1.0)
+    acc_gx = ua * s_gx * (3 * k_bwd + 12 * big)
+    tol_gx = acc_gx + u * (gx + acc_gx) + _TINY
+
+    s_g = g.abs().sum((0, 2, 3))
+    s_xg = torch.nn.grad.conv2d_weight(x.abs(), w.shape, g.abs(), **conf)
+    acc_gw = ua * (positions + 2) * (s_xg + w.abs() * s_g.view(-1, 1, 1, 1))
+    tol_gw = acc_gw + u * (2 * s_xg + gw + acc_gw) + _TINY
+
+    tol_gb = None
+    if b is not None:
+        acc_gb = positions * ua * s_g
+        tol_gb = acc_gb + u * (gb + acc_gb) + _TINY
+    return [tol_y, tol_gx, tol_gw, tol_gb]
+
+
+def _compare_within(got, want, tols, what):
+    """Every element of got within its own bound of the float64 want."""
+    for name, a, e, tol in zip(_NAMES, got, want, tols):
+        if e is None:
+            assert a is None, f'{what}: {name} should be None'
+            continue
+        assert a is not None, f'{what}: {name} missing'
+        assert torch.isfinite(a).all(), f'{what}: {name} has NaN/inf'
+        err = (a.detach().cpu().double() - e).abs()
+        ratio = err / tol
+        worst = int(ratio.argmax())
+        assert ratio.max().item() <= 1.0, (
+            f'{what}: {name}: {int((ratio > 1).sum())} of {ratio.numel()} '
+            f'elements outside their bound; worst at flat index {worst}: got '
+            f'{a.flatten()[worst].item()}, want {e.flatten()[worst].item()}, '
+            f'error {err.flatten()[worst].item():.3g} > bound '
+            f'{tol.flatten()[worst].item():.3g}')
+
 
 def _compare(got, want, rtol, atol_rel, what):
     for name, a, e in zip(_NAMES, got, want):
@@ -215,6 +298,73 @@ def test_tile_logic_host_emulation():
     assert run.stdout.startswith('OK'), run.stdout[-2000:]
 
 
+# ResNet-50 layer4 3x3 (K = 9 * 512 = 4608) at batch 2, fewer output channels.
+_K4608 = dict(n=2, cin=512, cout=40, h=7, w=7, kernel=(3, 3), stride=(1, 1),
+              padding=(1, 1), dilation=(1, 1), groups=1, bias=True)
+
+
+def _window(c):
+    """unfold/fold arguments of a case (groups = 1)."""
+    return dict(kernel_size=c['kernel'], dilation=c['dilation'],
+                padding=c['padding'], stride=c['stride'])
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_bounds_pass_rounding_and_catch_dropped_terms(dtype):
+    """The bounds of test_half_and_bfloat16, on the CPU: the results a
+    correct CUDA kernel makes (float32 sums of the rounded inputs, rounded
+    once, the bias added in the dtype) are within them; the same results with
+    terms left out of the forward or of the input gradient are not. Left out:
+    at K = 360 one tap of one channel (|w - x| ~ 1 on outputs ~ 400); at
+    K = 4608 (outputs ~ 5000, an ulp of 4 in float16 and 32 in bfloat16) one
+    reduction chunk of the kernels (one tap of 8 channels) in float16 and one
+    tap of every channel in bfloat16. The former tolerance (rtol = 1e-2 or
+    5e-2, atol the same times the largest value) passes the forward's one
+    tap."""
+    small = dict(n=2, cin=40, cout=24, h=7, w=6, kernel=(3, 3),
+                 stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                 bias=True)
+    big = {torch.float16: range(16, 24), torch.bfloat16: range(512)}[dtype]
+    # Output channel 3, centre tap (never padding), these input channels.
+    for k, (c, channels) in enumerate(((small, [17]), (_K4608, big))):
+        conf = _conf(c)
+        x, w, b, g = _make(c, dtype, 'cpu', seed=300 + k)
+        want = _reference(c, x, w, b, g)
+        tols = _half_bounds(c, x, w, b, g, want)
+        x32, w32, g32 = (t.float() for t in (x, w, g))
+        x32.requires_grad_()
+        acc = adder2d_reference(x32, w32, None, **conf)
+        acc_gx, = torch.autograd.grad(acc, x32, g32)
+        acc, x32 = acc.detach(), x32.detach()
+
+        def emulate(y32, gx32):
+            y = y32.to(dtype) + b.view(1, -1, 1, 1)
+            return [y, gx32.to(dtype), want[2], want[3]]
+
+        # Correct: within every bound.
+        _compare_within(emulate(acc, acc_gx), want, tols, f'{dtype} {c}')
+
+        o, rows = 3, [ch * 9 + 4 for ch in channels]
+        cols = torch.nn.functional.unfold(x32, **_window(c))[:, rows]
+        w_rows = w32[o].flatten()[rows].view(1, -1, 1)
+        y_drop = acc.clone()  # -sum loses the terms |w - x|
+        y_drop[:, o] += (w_rows - cols).abs().sum(1).view(y_drop[:, o].shape)
+        dx = torch.zeros(cols.shape[0], w32[0].numel(), cols.shape[2])
+        dx[:, rows] = (w_rows - cols).clamp(-1, 1) * g32[:, o:o + 1].flatten(2)
+        dx = torch.nn.functional.fold(dx, x32.shape[2:], **_window(c))
+        for got, name in ((emulate(y_drop, acc_gx), 'output'),
+                          (emulate(acc, acc_gx - dx), 'grad_input')):
+            with pytest.raises(AssertionError, match=name):
+                _compare_within(got, want, tols, f'{dtype} {c} dropped')
+        if c is not small:
+            continue
+        # The former tolerance did not see the forward's one tap.
+        tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+        torch.testing.assert_close(
+            emulate(y_drop, acc_gx)[0].double(), want[0], rtol=tol,
+            atol=tol * want[0].abs().max().item())
+
+
 # ---- CUDA tests -------------------------------------------------------------
 
 
@@ -248,23 +398,24 @@ def test_float32_parity_every_tile():
 
 @requires_cuda
 def test_half_and_bfloat16():
-    """fp16/bf16 in, same dtype out; float32 accumulation keeps the error at
-    the output's rounding (grad_W: cuDNN's half-precision weight gradient)."""
-    cases = _random_cases(4, seed=7) + _FIXED_CASES[:3]
+    """fp16/bf16 in, same dtype out; float32 accumulation keeps every element
+    within the bound of its roundings (_half_bounds), K up to 4608."""
+    cases = _random_cases(4, seed=7) + _FIXED_CASES[:3] + [_K4608]
     with _exact_fp32():
-        for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+        for dtype in (torch.float16, torch.bfloat16):
             for k, c in enumerate(cases):
                 x, w, b, g = _make(c, dtype, 'cuda', seed=200 + k)
                 # The reference sees the same rounded inputs.
                 want = _reference(c, x, w, b, g)
+                tols = _half_bounds(c, x, w, b, g, want)
                 for tile in ('0', '3', None):
                     with _tile(tile):
                         got = _run(adder2d, x, w, b, g, _conf(c))
                     for name, t in zip(_NAMES, got):
                         assert t is None or t.dtype == dtype, (
                             f'{dtype} case {k}: {name} is {t.dtype}')
-                    _compare(got, want, tol, tol,
-                             f'{dtype} tile {tile} case {k} {c}')
+                    _compare_within(got, want, tols,
+                                    f'{dtype} tile {tile} case {k} {c}')
 
 
 @requires_cuda
