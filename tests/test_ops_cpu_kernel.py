@@ -351,14 +351,15 @@ def test_benchmark_unfold_form_and_layer_lists():
 
 def test_benchmark_runs_and_reports(tmp_path, run_tool):
     """One small layer end to end: every column is filled and consistent,
-    the table lands in its markdown section with the machine line."""
+    the table lands in its markdown section with the machine line and the
+    ADDER_MM_* switches it ran under."""
     out = tmp_path / 'bench.json'
     md = tmp_path / 'bench.md'
     md.write_text('# kept\n')
     proc = run_tool([BENCHMARK, '--suite', 'resnet20', '--layers',
                      'layer3.0.down', '--repeat', '2', '--warmup', '0',
                      '--threads', '1', '--batch', '3', '--out', out,
-                     '--markdown', md])
+                     '--markdown', md], env={'ADDER_MM_CPU_ISA': 'avx2'})
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
     res = json.loads(out.read_text())
@@ -375,6 +376,8 @@ def test_benchmark_runs_and_reports(tmp_path, run_tool):
     assert text.startswith('# kept\n')
     assert '<!-- cpu-float32:begin -->' in text and 'layer3.0.down' in text
     assert 'torch ' + torch.__version__ in text
+    assert res['env']['switches']['ADDER_MM_CPU_ISA'] == 'avx2'
+    assert 'ADDER_MM_CPU_ISA=avx2' in text
 
 
 def test_interleaved_times_alternates_calls():

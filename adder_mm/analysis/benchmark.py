@@ -649,10 +649,14 @@ def summary(results):
 
 
 def environment(device):
+    """The machine, versions and the ADDER_MM_* switches a measurement ran
+    under (kernel paths: ADDER_MM_CUDA_HALF2, ADDER_MM_CUDA_TILE, ...)."""
     env = dict(machine_info(), python=platform.python_version(),
                device=device, threads=torch.get_num_threads(),
                ext=ext_info(),
-               cpu_capability=torch.backends.cpu.get_cpu_capability())
+               cpu_capability=torch.backends.cpu.get_cpu_capability(),
+               switches={k: v for k, v in sorted(os.environ.items())
+                         if k.startswith('ADDER_MM_')})
     if device != 'cuda':
         env['gpu'] = None
     return env

@@ -318,6 +318,9 @@ def main(argv=None):
                            summary=summ, model_step=model,
                            int8_model=int8_model), f, indent=1)
     kernels = env['ext'].get('cpu_isa') if device == 'cpu' else 'cuda'
+    if env['switches']:
+        kernels += ' (' + ', '.join(
+            f'{k}={v}' for k, v in env['switches'].items()) + ')'
     head = (f"{describe(env)}, {env['threads']} threads, {args.dtype}, "
             f"adder kernels {kernels}; written by "
             "tools/analysis_tools/benchmark_adder.py.")
