@@ -1,15 +1,16 @@
 """CUDA kernels of adder2d against the pure-PyTorch reference.
 
 Needs a GPU and adder_mm._ext built with CUDA; skips otherwise (the reason
-names ext_info()). One test needs no GPU: it runs the kernels' per-thread code
-on the host (tests/csrc/adder2d_cuda_emulate.cpp) with a C++ compiler.
+names ext_info()). Some tests need no GPU: one runs the kernels' per-thread
+code on the host (tests/csrc/adder2d_cuda_emulate.cpp) with a C++ compiler,
+others check the float16/bfloat16 error bounds against emulated results.
 
 Imports only torch, pytest and adder_mm.ops, so it runs on a GPU machine
 without OpenMMLab: ``python -m pytest --noconftest tests/test_ops_cuda.py``
 (tools/gpu_check.sh does).
 
-Runtime: about 15 s on a 2-core CPU machine (the host emulation; the rest
-skips); a few seconds on an H100.
+Runtime: about 40 s on a 2-core CPU machine (the tests without a GPU; the
+rest skips); about that plus a few seconds on an H100.
 """
 import contextlib
 import os
@@ -44,20 +45,25 @@ def requires_cuda(fn):
 
 
 @contextlib.contextmanager
-def _tile(tile):
-    """Force one tile shape of the CUDA kernels (None: automatic choice)."""
-    old = os.environ.get('ADDER_MM_CUDA_TILE')
-    if tile is None:
-        os.environ.pop('ADDER_MM_CUDA_TILE', None)
+def _env(name, value):
+    """Set (or, for None, unset) one environment variable for a block."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
     else:
-        os.environ['ADDER_MM_CUDA_TILE'] = tile
+        os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop('ADDER_MM_CUDA_TILE', None)
+            os.environ.pop(name, None)
         else:
-            os.environ['ADDER_MM_CUDA_TILE'] = old
+            os.environ[name] = old
+
+
+def _tile(tile):
+    """Force one tile shape of the CUDA kernels (None: automatic choice)."""
+    return _env('ADDER_MM_CUDA_TILE', tile)
 
 
 @contextlib.contextmanager
@@ -182,7 +188,7 @@ _U_ACC = 2.0**-24
 _TINY = 2.0**-25
 
 
-def _half_bounds(c, x, w, b, g, want):
+def _half_bounds(c, x, w, b, g, want, partial=None):
     """Per-element error bounds of adder2d's output and gradients in float16
     or bfloat16 on the CUDA path, from its roundings and float32
     accumulation. A missing term (one tap of one channel) exceeds them at
@@ -204,6 +210,11 @@ def _half_bounds(c, x, w, b, g, want):
                    its own), w sum g and the difference in float32, one
                    rounding (u |gW|);
       grad_bias    a float32 sum of g, one rounding.
+    partial: the packed kernels' (ADDER_MM_CUDA_HALF2=1) terms per 16-bit
+    partial sum; each of its roundings is within u of the partial, so the
+    sums gain P u S (forward: also u per subtraction; grad_input: 2 P u S for
+    the doubled sat(.) g sum, P u S for the sum of g, and the 16-bit clamp
+    argument, u (1 + |w| + |x|) |g| per term, doubled).
     Each bound is a float64 CPU tensor shaped like its result.
     """
     u, ua = _UNIT[x.dtype], _U_ACC
@@ -217,6 +228,8 @@ def _half_bounds(c, x, w, b, g, want):
 
     s_y = adder2d_reference(x, w, None, **conf).neg_()
     acc_y = (k_fwd + 1) * ua * s_y
+    if partial:
+        acc_y = acc_y + (partial + 1) * u * s_y
     tol_y = acc_y + u * (s_y + acc_y) + _TINY
     if b is not None:
         tol_y = tol_y + u * (y + tol_y)
@@ -225,6 +238,8 @@ def _half_bounds(c, x, w, b, g, want):
                                       **conf)
     big = max(x.abs().max().item(), w.abs().max().item(), 1.0)
     acc_gx = ua * s_gx * (3 * k_bwd + 12 * big)
+    if partial:
+        acc_gx = acc_gx + u * s_gx * (3 * partial + 6 * big)
     tol_gx = acc_gx + u * (gx + acc_gx) + _TINY
 
     s_g = g.abs().sum((0, 2, 3))
@@ -298,6 +313,10 @@ def test_tile_logic_host_emulation():
     assert run.stdout.startswith('OK'), run.stdout[-2000:]
 
 
+# The longest 16-bit partial sum of the packed kernels: one reduction chunk
+# (BK = 16 for the narrowest tiles, 8 for the others).
+_PACKED_PARTIAL = 16
+
 # ResNet-50 layer4 3x3 (K = 9 * 512 = 4608) at batch 2, fewer output channels.
 _K4608 = dict(n=2, cin=512, cout=40, h=7, w=7, kernel=(3, 3), stride=(1, 1),
               padding=(1, 1), dilation=(1, 1), groups=1, bias=True)
@@ -365,6 +384,61 @@ def test_half_bounds_pass_rounding_and_catch_dropped_terms(dtype):
             atol=tol * want[0].abs().max().item())
 
 
+def _packed_emulation(c, x, w, b, g, partial):
+    """What the packed kernels compute, in torch on the CPU (groups = 1,
+    stride 1): per tap, 16-bit partial sums over chunks of `partial`
+    channels (each step rounded), added into float32; output and input
+    gradient as the kernels round them."""
+    dt, win = x.dtype, _window(c)
+    n, cin, o, kk = x.shape[0], x.shape[1], w.shape[0], w[0, 0].numel()
+    cols = torch.nn.functional.unfold(x.float(), **win).to(dt)  # exact
+    xh = torch.nn.functional.unfold((0.5 * x.float()).to(dt).float(),
+                                    **win).to(dt)
+    a = (0.5 * w.float() + 0.5).to(dt).flatten(1)
+    w2, g2 = w.flatten(1), g.flatten(2)
+    length = cols.shape[2]
+    acc = torch.zeros(n, o, length)
+    acc_g, g_sum = torch.zeros(n, cin * kk, length), torch.zeros(
+        n, cin * kk, length)
+    for t in range(kk):
+        for c0 in range(0, cin, partial):
+            part = torch.zeros(n, o, length, dtype=dt)
+            for ch in range(c0, min(cin, c0 + partial)):
+                part = part + (w2[:, ch * kk + t].view(1, o, 1) -
+                               cols[:, ch * kk + t].unsqueeze(1)).abs()
+            acc += part.float()
+        for o0 in range(0, o, partial):
+            part = torch.zeros(n, cin, length, dtype=dt)
+            g_part = torch.zeros(n, cin, length, dtype=dt)
+            for oo in range(o0, min(o, o0 + partial)):
+                sat = (a[oo, t::kk].view(1, cin, 1) - xh[:, t::kk]).clamp(0, 1)
+                part = torch.addcmul(part, sat, g2[:, oo:oo + 1])
+                g_part = g_part + g2[:, oo:oo + 1]
+            acc_g[:, t::kk] += part.float()
+            g_sum[:, t::kk] += g_part.float()
+    y = (-acc).to(dt).view(g.shape) + b.view(1, -1, 1, 1)
+    fold = torch.nn.functional.fold
+    gx = 2 * fold(acc_g, x.shape[2:], **win) - fold(g_sum, x.shape[2:], **win)
+    return [y, gx.to(dt), None, None]
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_packed_bounds_cover_emulated_partials(dtype):
+    """The bounds test_packed_half2_kernels allows the packed kernels hold,
+    with room, for their arithmetic emulated in torch (16-term partials),
+    K = 144 to 4608."""
+    for k, c in enumerate((_FIXED_CASES[0], dict(_FIXED_CASES[2], cout=24),
+                           _K4608)):
+        c = dict(c, bias=True)
+        x, w, b, g = _make(c, dtype, 'cpu', seed=500 + k)
+        want = _reference(c, x, w, b, g)
+        tols = _half_bounds(c, x, w, b, g, want, partial=_PACKED_PARTIAL)
+        got = _packed_emulation(c, x, w, b, g, _PACKED_PARTIAL)
+        for i in (0, 1):
+            ratio = ((got[i].double() - want[i]).abs() / tols[i]).max()
+            assert ratio <= 0.5, f'{dtype} {c}: {_NAMES[i]} at {ratio:.3f}'
+
+
 # ---- CUDA tests -------------------------------------------------------------
 
 
@@ -416,6 +490,43 @@ def test_half_and_bfloat16():
                             f'{dtype} case {k}: {name} is {t.dtype}')
                     _compare_within(got, want, tols,
                                     f'{dtype} tile {tile} case {k} {c}')
+
+
+@requires_cuda
+def test_packed_half2_kernels():
+    """ADDER_MM_CUDA_HALF2=1: the packed float16/bfloat16 kernels, every tile
+    shape, against the float64 reference within the bounds of their 16-bit
+    partial sums (their exact arithmetic is checked bit for bit by the host
+    emulation), deterministic, and really another path than the float one
+    (the results differ from it somewhere at K = 4608)."""
+    cases = _random_cases(4, seed=9) + _FIXED_CASES + [_K4608]
+    dtypes = [torch.float16]
+    if torch.cuda.get_device_capability()[0] >= 8:
+        dtypes.append(torch.bfloat16)  # bfloat16 pairs need sm_80
+    with _exact_fp32():
+        for dtype in dtypes:
+            for k, c in enumerate(cases):
+                x, w, b, g = _make(c, dtype, 'cuda', seed=400 + k)
+                want = _reference(c, x, w, b, g)
+                tols = _half_bounds(c, x, w, b, g, want,
+                                    partial=_PACKED_PARTIAL)
+                with _env('ADDER_MM_CUDA_HALF2', '1'):
+                    for tile in _TILES + (None, ):
+                        with _tile(tile):
+                            got = _run(adder2d, x, w, b, g, _conf(c))
+                        _compare_within(got, want, tols,
+                                        f'packed {dtype} tile {tile} {c}')
+                    again = _run(adder2d, x, w, b, g, _conf(c))
+                for name, a, e in zip(_NAMES, again, got):
+                    assert e is None or torch.equal(a, e), (
+                        f'packed {dtype} {c}: {name} changed between runs')
+            with _env('ADDER_MM_CUDA_HALF2', None):
+                plain = _run(adder2d, x, w, b, g, _conf(c))
+            for name in ('output', 'grad_input'):
+                i = _NAMES.index(name)
+                assert not torch.equal(plain[i], got[i]), (
+                    f'{dtype}: {name} of the packed path equals the float '
+                    'path bit for bit at K = 4608: packed kernels not run?')
 
 
 @requires_cuda

@@ -2,8 +2,9 @@
 # One prepared check of the CUDA kernels on a lent GPU machine, from the repo
 # root, in under 5 minutes: versions, an in-place build with CUDA for the local
 # arch only, the CUDA tests, the float32 per-layer benchmark with the
-# ResNet-20 step, the float16 ResNet-50 table, ResNet-50 training steps
-# (float32, autocast bfloat16 and float16), the speed targets checked against
+# ResNet-20 step, the float16 ResNet-50 table (float and packed-pair kernels),
+# ResNet-50 training steps (float32, autocast bfloat16 and float16, the 16-bit
+# ones also with the packed kernels), the speed targets checked against
 # them (targets.txt); then, while time is left, a profile and a sweep of the tile
 # shapes. Everything is teed into $OUT (gpu_check.log, tests.log,
 # benchmark*.json, benchmarks.md with one section per table,
@@ -124,11 +125,23 @@ step benchmark 120 "$PY" $BENCH --device cuda --suite all \
 step benchmark_fp16 60 "$PY" $BENCH --device cuda --dtype float16 \
   --suite resnet50 --no-unfold --out "$OUT/benchmark_fp16.json" \
   --markdown "$MD"
+# The packed float16/bfloat16 kernels (ADDER_MM_CUDA_HALF2=1, opt-in until
+# these numbers say they are faster), beside the float-arithmetic ones above.
+step benchmark_fp16_packed 60 env ADDER_MM_CUDA_HALF2=1 "$PY" $BENCH \
+  --device cuda --dtype float16 --suite resnet50 --no-unfold \
+  --out "$OUT/benchmark_fp16_packed.json" --markdown "$MD" \
+  --section cuda-float16-packed
 for DT in float32 bfloat16 float16; do
   step "step_resnet50_$DT" 40 "$PY" $BENCH --device cuda --dtype $DT \
     --skip-layers --model-step resnet50 --step-batch 64 --repeat 5 \
     --out "$OUT/step_resnet50_$DT.json" --markdown "$MD" \
     --section "cuda-resnet50-step-$DT"
+done
+for DT in bfloat16 float16; do
+  step "step_resnet50_${DT}_packed" 40 env ADDER_MM_CUDA_HALF2=1 "$PY" \
+    $BENCH --device cuda --dtype $DT --skip-layers --model-step resnet50 \
+    --step-batch 64 --repeat 5 --out "$OUT/step_resnet50_${DT}_packed.json" \
+    --markdown "$MD" --section "cuda-resnet50-step-$DT-packed"
 done
 
 # ---- speed targets (adder vs cuDNN, steps vs CNN), from the JSON files above
@@ -154,14 +167,17 @@ if fp32:
     step = fp32.get('model_step')
     check('ResNet-20 step vs CNN (fp32)',
           step and step['adder_over_conv_step'], 1.15)
-if fp32 and fp16:
+for tag, half in (('', fp16), (' packed', load('benchmark_fp16_packed.json'))):
+    if not (fp32 and half):
+        continue
     t32 = {r['name']: r['adder_fwdbwd_ms'] for r in fp32['layers']
            if r['suite'] == 'resnet50'}
-    gains = [t32[r['name']] / r['adder_fwdbwd_ms'] for r in fp16['layers']
+    gains = [t32[r['name']] / r['adder_fwdbwd_ms'] for r in half['layers']
              if r['name'] in t32]
-    check('fp16 f+b speed-up over our fp32 (ResNet-50 median)',
+    check(f'fp16{tag} f+b speed-up over our fp32 (ResNet-50 median)',
           statistics.median(gains) if gains else None, 1.6, smaller=False)
-for dt, limit in (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0)):
+for dt, limit in (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0),
+                  ('bfloat16_packed', 3.0), ('float16_packed', 3.0)):
     s = load(f'step_resnet50_{dt}.json')
     check(f'ResNet-50 step vs CNN ({dt})',
           s and s['model_step']['adder_over_conv_step'], limit)

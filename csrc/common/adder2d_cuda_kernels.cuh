@@ -6,7 +6,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include "adder2d_cuda_tile.cuh"
+#include "adder2d_cuda_packed.cuh"
 
 namespace adder_mm {
 namespace cuda_tile {
@@ -45,22 +45,57 @@ struct DeviceExec {
   }
 };
 
+// One block's work: its threads' code over the shared stages.
+template <class Thread, class Args, class Sm>
+__device__ __forceinline__ void block_main(const Args& a) {
+  __shared__ Sm sm;
+  DeviceExec<Thread, Args, Sm> ex(a, sm);
+  run_block(ex);
+}
+
 // Arguments stay in the constant parameter space (__grid_constant__, sm_70+):
 // the threads read them by reference without a per-thread copy.
 template <class Cfg, typename T, typename acc_t>
 __global__ void __launch_bounds__(Cfg::NT, Cfg::MIN_BLOCKS)
     adder2d_forward_kernel(const __grid_constant__ FwdArgs<T> a) {
-  __shared__ Smem<Cfg, acc_t> sm;
-  DeviceExec<FwdThread<Cfg, T, acc_t>, FwdArgs<T>, Smem<Cfg, acc_t>> ex(a, sm);
-  run_block(ex);
+  block_main<FwdThread<Cfg, T, acc_t>, FwdArgs<T>, Smem<Cfg, acc_t>>(a);
 }
 
 template <class Cfg, typename T, typename acc_t>
 __global__ void __launch_bounds__(Cfg::NT, Cfg::MIN_BLOCKS)
     adder2d_backward_input_kernel(const __grid_constant__ BwdArgs<T> a) {
-  __shared__ Smem<Cfg, acc_t> sm;
-  DeviceExec<BwdThread<Cfg, T, acc_t>, BwdArgs<T>, Smem<Cfg, acc_t>> ex(a, sm);
-  run_block(ex);
+  block_main<BwdThread<Cfg, T, acc_t>, BwdArgs<T>, Smem<Cfg, acc_t>>(a);
+}
+
+// float16 / bfloat16 on packed pairs (adder2d_cuda_packed.cuh). bfloat16
+// pairs need sm_80: builds for older GPUs get an empty kernel, which the
+// launcher never runs (packed_half).
+template <Fmt F>
+__host__ __device__ constexpr bool packed_supported() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  return F != Fmt::kBF16;
+#else
+  return true;
+#endif
+}
+
+template <class Cfg, Fmt F>
+__global__ void __launch_bounds__(Cfg::NT, Cfg::MIN_BLOCKS)
+    adder2d_forward_packed_kernel(const __grid_constant__ FwdArgs<Half16<F>> a) {
+  if constexpr (packed_supported<F>())
+    block_main<FwdThreadPacked<Cfg, F>, FwdArgs<Half16<F>>, SmemPacked<Cfg>>(a);
+  else
+    __trap();
+}
+
+template <class Cfg, Fmt F>
+__global__ void __launch_bounds__(Cfg::NT, Cfg::MIN_BLOCKS)
+    adder2d_backward_input_packed_kernel(
+        const __grid_constant__ BwdArgs<Half16<F>> a) {
+  if constexpr (packed_supported<F>())
+    block_main<BwdThreadPacked<Cfg, F>, BwdArgs<Half16<F>>, SmemPacked<Cfg>>(a);
+  else
+    __trap();
 }
 
 }  // namespace cuda_tile

@@ -28,6 +28,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "adder2d_params.h"
 
@@ -93,11 +94,14 @@ ADDER_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- scalar helpers that differ between host and device --------------------
 
-// Four consecutive shared-memory values (16-byte aligned), one vector load on
-// the device.
-ADDER_HD void lds4(const float* s, float* v) {
+// Four consecutive shared-memory values of 4 bytes (float, or the packed
+// kernels' uint32_t pairs; 16-byte aligned), one vector load on the device.
+template <typename T>
+ADDER_HD void lds4(const T* s, T* v) {
 #ifdef __CUDA_ARCH__
-  const float4 t = *reinterpret_cast<const float4*>(s);
+  using V4 = std::conditional_t<std::is_same<T, float>::value, float4, uint4>;
+  static_assert(sizeof(V4) == 4 * sizeof(T), "four 4-byte values");
+  const V4 t = *reinterpret_cast<const V4*>(s);
   v[0] = t.x;
   v[1] = t.y;
   v[2] = t.z;

@@ -14,39 +14,47 @@ namespace {
 using namespace cuda_tile;
 using namespace cuda_launch;
 
-template <class Cfg, typename T, typename acc_t>
-void launch_backward(const Adder2dParams& p, const T* wt, const T* go,
-                     const T* x, T* gx, cudaStream_t stream) {
-  const BwdArgs<T> a = make_bwd_args<Cfg>(p, wt, go, x, gx);
-  if (a.blocks == 0) return;
-  check_grid(a.blocks, "adder2d_backward_input_cuda");
-  adder2d_backward_input_kernel<Cfg, T, acc_t>
-      <<<static_cast<unsigned>(a.blocks), Cfg::NT, 0, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Calls f(Cfg{}) with the input-gradient tile shape chosen for p. Pixels
+// are tiled per stride class; about N*H*W of them in all.
+template <class Fn>
+void with_backward_tile(const Adder2dParams& p, Fn&& f) {
+  with_tile<Bwd128, Bwd64, Bwd32, Bwd16>(p.groups, p.cin_per_group(),
+                                         p.N * p.H * p.W, f);
 }
 
 template <typename T, typename acc_t>
 void backward_dtype(const Adder2dParams& p, const T* w, const T* go,
                     const T* x, T* gx, cudaStream_t stream) {
+  auto run = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch<Cfg>(adder2d_backward_input_kernel<Cfg, T, acc_t>,
+                make_bwd_args<Cfg>(p, w, go, x, gx), stream,
+                "adder2d_backward_input_cuda");
+  };
   if constexpr (std::is_same<T, double>::value) {
-    launch_backward<Tile64, T, acc_t>(p, w, go, x, gx, stream);
+    run(Tile64{});
   } else {
-    // Pixels are tiled per stride class; about N*H*W of them in all.
-    switch (pick_tile<Bwd128, Bwd64, Bwd32, Bwd16>(
-        p.groups, p.cin_per_group(), p.N * p.H * p.W)) {
-      case 0:
-        launch_backward<Bwd128, T, acc_t>(p, w, go, x, gx, stream);
-        break;
-      case 1:
-        launch_backward<Bwd64, T, acc_t>(p, w, go, x, gx, stream);
-        break;
-      case 2:
-        launch_backward<Bwd32, T, acc_t>(p, w, go, x, gx, stream);
-        break;
-      default:
-        launch_backward<Bwd16, T, acc_t>(p, w, go, x, gx, stream);
-    }
+    with_backward_tile(p, run);
   }
+}
+
+// The packed kernels read the tensors' 16-bit storage as Half16<F>.
+template <Fmt F, typename scalar_t>
+void backward_packed(const Adder2dParams& p, const at::Tensor& wt,
+                     const at::Tensor& go, const at::Tensor& x,
+                     at::Tensor& gx, cudaStream_t stream) {
+  static_assert(sizeof(scalar_t) == sizeof(Half16<F>), "16-bit storage");
+  using H = Half16<F>;
+  const auto* w_ = reinterpret_cast<const H*>(wt.data_ptr<scalar_t>());
+  const auto* g_ = reinterpret_cast<const H*>(go.data_ptr<scalar_t>());
+  const auto* x_ = reinterpret_cast<const H*>(x.data_ptr<scalar_t>());
+  auto* gx_ = reinterpret_cast<H*>(gx.data_ptr<scalar_t>());
+  with_backward_tile(p, [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch<Cfg>(adder2d_backward_input_packed_kernel<Cfg, F>,
+                make_bwd_args<Cfg>(p, w_, g_, x_, gx_), stream,
+                "adder2d_backward_input_cuda");
+  });
 }
 
 }  // namespace
@@ -70,6 +78,16 @@ void adder2d_backward_input_cuda(const at::Tensor& grad_out,
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor wt = transpose_weight(weight, p, /*forward=*/false);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (input.scalar_type() == at::kHalf && packed_half(at::kHalf)) {
+    backward_packed<Fmt::kF16, at::Half>(p, wt, grad_out, input, grad_in,
+                                         stream);
+    return;
+  }
+  if (input.scalar_type() == at::kBFloat16 && packed_half(at::kBFloat16)) {
+    backward_packed<Fmt::kBF16, at::BFloat16>(p, wt, grad_out, input, grad_in,
+                                              stream);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(),
       "adder2d_backward_input_cuda", [&] {

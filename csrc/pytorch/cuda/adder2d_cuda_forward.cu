@@ -13,15 +13,11 @@ namespace {
 using namespace cuda_tile;
 using namespace cuda_launch;
 
-template <class Cfg, typename T, typename acc_t>
-void launch_forward(const Adder2dParams& p, const T* wt, const T* x, T* y,
-                    cudaStream_t stream) {
-  const FwdArgs<T> a = make_fwd_args<Cfg>(p, wt, x, y);
-  if (a.blocks == 0) return;
-  check_grid(a.blocks, "adder2d_forward_cuda");
-  adder2d_forward_kernel<Cfg, T, acc_t>
-      <<<static_cast<unsigned>(a.blocks), Cfg::NT, 0, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Calls f(Cfg{}) with the forward tile shape chosen for p.
+template <class Fn>
+void with_forward_tile(const Adder2dParams& p, Fn&& f) {
+  with_tile<Fwd128, Fwd64, Fwd32, Fwd16>(p.groups, p.cout_per_group(),
+                                         p.N * p.L(), f);
 }
 
 // Tile choice per dtype; float64 gets one shape (tests only), so the other
@@ -29,24 +25,32 @@ void launch_forward(const Adder2dParams& p, const T* wt, const T* x, T* y,
 template <typename T, typename acc_t>
 void forward_dtype(const Adder2dParams& p, const T* w, const T* x, T* y,
                    cudaStream_t stream) {
+  auto run = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch<Cfg>(adder2d_forward_kernel<Cfg, T, acc_t>,
+                make_fwd_args<Cfg>(p, w, x, y), stream, "adder2d_forward_cuda");
+  };
   if constexpr (std::is_same<T, double>::value) {
-    launch_forward<Tile64, T, acc_t>(p, w, x, y, stream);
+    run(Tile64{});
   } else {
-    switch (pick_tile<Fwd128, Fwd64, Fwd32, Fwd16>(
-        p.groups, p.cout_per_group(), p.N * p.L())) {
-      case 0:
-        launch_forward<Fwd128, T, acc_t>(p, w, x, y, stream);
-        break;
-      case 1:
-        launch_forward<Fwd64, T, acc_t>(p, w, x, y, stream);
-        break;
-      case 2:
-        launch_forward<Fwd32, T, acc_t>(p, w, x, y, stream);
-        break;
-      default:
-        launch_forward<Fwd16, T, acc_t>(p, w, x, y, stream);
-    }
+    with_forward_tile(p, run);
   }
+}
+
+// The packed kernels read the tensors' 16-bit storage as Half16<F>.
+template <Fmt F, typename scalar_t>
+void forward_packed(const Adder2dParams& p, const at::Tensor& wt,
+                    const at::Tensor& x, at::Tensor& y, cudaStream_t stream) {
+  static_assert(sizeof(scalar_t) == sizeof(Half16<F>), "16-bit storage");
+  const auto* w_ = reinterpret_cast<const Half16<F>*>(wt.data_ptr<scalar_t>());
+  const auto* x_ = reinterpret_cast<const Half16<F>*>(x.data_ptr<scalar_t>());
+  auto* y_ = reinterpret_cast<Half16<F>*>(y.data_ptr<scalar_t>());
+  with_forward_tile(p, [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    launch<Cfg>(adder2d_forward_packed_kernel<Cfg, F>,
+                make_fwd_args<Cfg>(p, w_, x_, y_), stream,
+                "adder2d_forward_cuda");
+  });
 }
 
 }  // namespace
@@ -72,6 +76,14 @@ void adder2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   }
   const at::Tensor wt = transpose_weight(weight, p, /*forward=*/true);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (input.scalar_type() == at::kHalf && packed_half(at::kHalf)) {
+    forward_packed<Fmt::kF16, at::Half>(p, wt, input, out, stream);
+    return;
+  }
+  if (input.scalar_type() == at::kBFloat16 && packed_half(at::kBFloat16)) {
+    forward_packed<Fmt::kBF16, at::BFloat16>(p, wt, input, out, stream);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "adder2d_forward_cuda",
       [&] {

@@ -71,6 +71,22 @@ inline int forced_tile() {
   return s[0] - '0';
 }
 
+// ADDER_MM_CUDA_HALF2=1: float16 layers, and bfloat16 ones on sm_80 and
+// later (bfloat16 pair arithmetic), run the packed-pair kernels
+// (adder2d_cuda_packed.cuh); unset or anything else: float32 arithmetic on
+// converted inputs.
+inline bool packed_half(at::ScalarType dtype) {
+  const char* s = std::getenv("ADDER_MM_CUDA_HALF2");
+  if (s == nullptr || s[0] != '1' || s[1] != '\0') return false;
+  if (dtype == at::kHalf) return true;
+  if (dtype != at::kBFloat16) return false;
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(
+      &major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
+}
+
 // Largest tile whose rows are not mostly empty and that still gives every SM
 // a block; with too little work for that, the smallest (most blocks).
 // Returns 0..3 for the shapes listed largest first.
@@ -94,6 +110,34 @@ int pick_tile(int64_t groups, int64_t rows, int64_t cols) {
   for (int k = first; k < 4; ++k)
     if (blocks[k] >= sms) return k;
   return 3;
+}
+
+// Calls f(Cfg{}) with the tile shape pick_tile chooses among C0..C3.
+template <class C0, class C1, class C2, class C3, class Fn>
+void with_tile(int64_t groups, int64_t rows, int64_t cols, Fn&& f) {
+  switch (pick_tile<C0, C1, C2, C3>(groups, rows, cols)) {
+    case 0:
+      f(C0{});
+      break;
+    case 1:
+      f(C1{});
+      break;
+    case 2:
+      f(C2{});
+      break;
+    default:
+      f(C3{});
+  }
+}
+
+// Launches `kernel` with a's blocks of Cfg::NT threads on `stream`.
+template <class Cfg, class Args, class Kernel>
+void launch(Kernel kernel, const Args& a, cudaStream_t stream,
+            const char* what) {
+  if (a.blocks == 0) return;
+  check_grid(a.blocks, what);
+  kernel<<<static_cast<unsigned>(a.blocks), Cfg::NT, 0, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 inline void check_tensors(const at::Tensor& a, const at::Tensor& ref,
