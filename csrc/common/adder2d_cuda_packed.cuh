@@ -6,17 +6,18 @@
 // FP32 instructions per term (forward: subtract, add with |.|; grad_X:
 // saturating add, FMA). Here both operands stay 16-bit in shared memory and a
 // thread's outputs are processed two columns at a time:
-//   forward  part += |a - b|                 (HSUB2 + HADD2 with |.|)
-//   grad_X   part = fma(sat(a - xh), g, part) (HSUB2.SAT + HFMA2)
+//   forward  part += |a - b|                 (HSUB2, |.|, HADD2)
+//   grad_X   part = fma(sat(a - xh), g, part) (HSUB2.SAT + HFMA2; bfloat16:
+//            relu-FMA, min, FMA), gpart += g
 // with A stored as the pair (a, a), B as two neighbouring columns. `part` is
 // a 16-bit partial sum of one chunk: BK terms (8, or 16 for the narrowest
 // tile), after which it is added to the float32 accumulator and restarted.
 // Why per chunk: a partial of BK terms of size ~1 stays below 32, where
-// float16's spacing is 2^-6 and bfloat16's 2^-3, and each of its roundings is
-// independent, so the float32 sum over K / BK chunks carries the result to
-// K = 4608 with an error near the output's own rounding (measured against
-// the float64 reference in tests/test_ops_cuda.py); a partial over the
-// whole reduction would grow to the output's size and lose its low bits.
+// float16's spacing is 2^-6 and bfloat16's 2^-3, and its roundings are
+// independent of the other chunks', so the float32 sum over K / BK chunks
+// carries K = 4608 with the forward's error as the float path's and
+// grad_X's a few times larger (docs/kernels.md); a partial over the whole
+// reduction would grow to the output's size and lose its low bits.
 //
 // Every operation rounds to nearest even in the 16-bit format, on the device
 // (cuda_fp16 / cuda_bf16 intrinsics; bfloat16 pairs need sm_80, older GPUs
