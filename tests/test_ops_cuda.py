@@ -7,7 +7,7 @@ others check the float16/bfloat16 error bounds against emulated results.
 
 Imports only torch, pytest and adder_mm.ops, so it runs on a GPU machine
 without OpenMMLab: ``python -m pytest --noconftest tests/test_ops_cuda.py``
-(tools/gpu_check.sh does).
+(tools/gpu_check.sh adds ``-m cuda``: only the tests that need the GPU).
 
 Runtime: about 40 s on a 2-core CPU machine (the tests without a GPU; the
 rest skips); about that plus a few seconds on an H100.

@@ -110,8 +110,11 @@ assert info['cuda'], 'adder_mm._ext has no CUDA kernels'
 
 # ---- CUDA tests ---------------------------------------------------------------
 # --noconftest: this file needs no shared fixture; torch and pytest suffice.
-step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -p no:cacheprovider \
-  --noconftest tests/test_ops_cuda.py 2>&1 | tee '$OUT/tests.log'"
+# -m cuda: the tests that need a GPU; the rest (host emulation, checks of the
+# error bounds) runs in CI and would spend the device's minutes on the CPU.
+step tests 150 bash -c "set -o pipefail; $PY -m pytest -q -ra -m cuda \
+  -p no:cacheprovider --noconftest tests/test_ops_cuda.py 2>&1 |
+  tee '$OUT/tests.log'"
 
 # ---- benchmarks (run even when a test failed) --------------------------------
 BENCH=tools/analysis_tools/benchmark_adder.py
