@@ -5,10 +5,11 @@
 # ResNet-20 step, the float16 ResNet-50 table (float and packed-pair kernels),
 # ResNet-50 training steps (float32, autocast bfloat16 and float16, the 16-bit
 # ones also with the packed kernels), the speed targets checked against
-# them (targets.txt); then, while time is left, a profile and a sweep of the tile
-# shapes. Everything is teed into $OUT (gpu_check.log, tests.log,
-# benchmark*.json, benchmarks.md with one section per table,
-# build_warnings.txt, summary.txt, targets.txt).
+# them (targets.txt); then, while time is left, a sweep of the tile shapes
+# (per-layer tables) and a profile. Everything is teed into $OUT
+# (gpu_check.log, tests.log, benchmark*.json, step_*.json, tile_*.json,
+# benchmarks.md with one section per table, build_warnings.txt, summary.txt,
+# targets.txt).
 # Needs python + torch (+ torchvision for the ResNet-50 steps) with CUDA,
 # nvcc and pytest; no OpenMMLab, pip or network.
 #
@@ -186,7 +187,25 @@ for dt, limit in (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0),
           s and s['model_step']['adder_over_conv_step'], limit)
 PYEOF
 
+# Each forced tile shape on every layer, per-layer tables kept (they decide
+# the automatic choice in csrc/pytorch/cuda/adder2d_cuda_launch.cuh; the H100
+# sweep's best single shape, 2, first), only with time to spare.
+for TILE in 2 1 3 0; do
+  LEFT=$(seconds_left)
+  if [ $LEFT -lt 25 ]; then
+    echo "SKIP  tile_$TILE (${LEFT}s left)" | tee -a "$SUMMARY"
+    continue
+  fi
+  step "tile_$TILE" "$LEFT" env ADDER_MM_CUDA_TILE=$TILE "$PY" \
+    $BENCH --device cuda --suite all --no-unfold --repeat 3 \
+    --out "$OUT/tile_$TILE.json" --markdown "$MD" \
+    --section "cuda-float32-tile-$TILE"
+done
+
 # ---- where a layer's time goes: GPU kernels vs host (torch.profiler) ---------
+if [ "$(seconds_left)" -lt 30 ]; then
+  echo "SKIP  profile ($(seconds_left)s left)" | tee -a "$SUMMARY"
+else
 step profile 60 "$PY" - <<'PYEOF'
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -208,18 +227,7 @@ for n, c, hw, o, k, s in ((64, 16, 32, 16, 3, 1), (32, 256, 14, 256, 3, 1)):
     print(p.key_averages().table(sort_by='self_device_time_total',
                                  row_limit=12, max_name_column_width=60))
 PYEOF
-
-# Each forced tile shape on every layer (informs the automatic choice in
-# csrc/pytorch/cuda/adder2d_cuda_launch.cuh), only with time to spare.
-for TILE in 0 1 2 3; do
-  LEFT=$(seconds_left)
-  if [ $LEFT -lt 25 ]; then
-    echo "SKIP  tile_$TILE (${LEFT}s left)" | tee -a "$SUMMARY"
-    continue
-  fi
-  step "tile_$TILE" "$LEFT" env ADDER_MM_CUDA_TILE=$TILE "$PY" \
-    $BENCH --device cuda --suite all --no-unfold --repeat 3
-done
+fi
 
 echo
 echo "===== summary ($(($(date +%s) - START))s)"
