@@ -13,11 +13,13 @@ Runtime: about 40 s on a 2-core CPU machine (the tests without a GPU; the
 rest skips); about that plus a few seconds on an H100.
 """
 import contextlib
+import json
 import os
 import os.path as osp
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -437,6 +439,54 @@ def test_packed_bounds_cover_emulated_partials(dtype):
         for i in (0, 1):
             ratio = ((got[i].double() - want[i]).abs() / tols[i]).max()
             assert ratio <= 0.5, f'{dtype} {c}: {_NAMES[i]} at {ratio:.3f}'
+
+
+def test_speed_targets_report(tmp_path):
+    """tools/analysis_tools/speed_targets.py (gpu_check.sh's targets.txt) on
+    made-up benchmark files: PASS/MISS at the limits, '?' where a file is
+    missing, the float16 speed-up as float32 time over float16 time."""
+    def layer(name, suite, fwd, fwdbwd, ms):
+        return dict(name=name, suite=suite, adder_over_conv_fwd=fwd,
+                    adder_over_conv_fwdbwd=fwdbwd, adder_fwdbwd_ms=ms)
+
+    def write(name, **obj):
+        (tmp_path / name).write_text(json.dumps(obj))
+
+    write('benchmark.json',
+          layers=[layer('a', 'resnet20', 1.5, 1.4, 1.0),
+                  layer('b', 'resnet50', 2.6, 1.8, 10.0),
+                  layer('c', 'resnet50', 2.0, 2.4, 20.0)],
+          model_step=dict(adder_over_conv_step=1.10))
+    write('benchmark_fp16.json', layers=[layer('b', 'resnet50', 0, 0, 5.0),
+                                         layer('c', 'resnet50', 0, 0, 20.0)])
+    write('step_resnet50_float16.json',
+          model_step=dict(adder_over_conv_step=3.5))
+    script = osp.join(ROOT, 'tools', 'analysis_tools', 'speed_targets.py')
+    run = subprocess.run([sys.executable, script, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    want = [
+        'MISS  fp32 forward max over layers vs cuDNN: 2.60 (<= 2.5)',
+        'PASS  fp32 forward median vs cuDNN: 2.00 (<= 2.0)',
+        'PASS  fp32 forward+backward max over layers vs cuDNN: 2.40 (<= 2.5)',
+        'PASS  fp32 forward+backward median vs cuDNN: 1.80 (<= 2.0)',
+        'PASS  ResNet-20 step vs CNN (fp32): 1.10 (<= 1.15)',
+        # gains 10/5 = 2.0 and 20/20 = 1.0: median 1.5
+        'MISS  fp16 f+b speed-up over our fp32 (ResNet-50 median): 1.50 '
+        '(>= 1.6)',
+        '?     fp16 packed f+b speed-up over our fp32 (ResNet-50 median): '
+        'not measured',
+        '?     ResNet-50 step vs CNN (float32): not measured',
+        '?     ResNet-50 step vs CNN (bfloat16): not measured',
+        'MISS  ResNet-50 step vs CNN (float16): 3.50 (<= 3.0)',
+    ]
+    assert lines[:len(want)] == want
+    assert len(lines) == len(want) + 2  # the two packed steps: not measured
+    missing = subprocess.run([sys.executable, script,
+                              str(tmp_path / 'nowhere')],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and 'no folder' in missing.stderr
 
 
 # ---- CUDA tests -------------------------------------------------------------

@@ -149,43 +149,7 @@ for DT in bfloat16 float16; do
 done
 
 # ---- speed targets (adder vs cuDNN, steps vs CNN), from the JSON files above
-"$PY" - "$OUT" <<'PYEOF' | tee "$OUT/targets.txt"
-import json, os, statistics, sys
-out = sys.argv[1]
-def load(name):
-    path = os.path.join(out, name)
-    return json.load(open(path)) if os.path.isfile(path) else None
-def check(what, value, limit, smaller=True):
-    if value is None:
-        print(f'?     {what}: not measured'); return
-    ok = value <= limit if smaller else value >= limit
-    print(f'{"PASS " if ok else "MISS "} {what}: {value:.2f} '
-          f'({"<=" if smaller else ">="} {limit})')
-fp32, fp16 = load('benchmark.json'), load('benchmark_fp16.json')
-if fp32:
-    for key, name in (('adder_over_conv_fwd', 'forward'),
-                      ('adder_over_conv_fwdbwd', 'forward+backward')):
-        vals = [r[key] for r in fp32['layers']]
-        check(f'fp32 {name} max over layers vs cuDNN', max(vals), 2.5)
-        check(f'fp32 {name} median vs cuDNN', statistics.median(vals), 2.0)
-    step = fp32.get('model_step')
-    check('ResNet-20 step vs CNN (fp32)',
-          step and step['adder_over_conv_step'], 1.15)
-for tag, half in (('', fp16), (' packed', load('benchmark_fp16_packed.json'))):
-    if not (fp32 and half):
-        continue
-    t32 = {r['name']: r['adder_fwdbwd_ms'] for r in fp32['layers']
-           if r['suite'] == 'resnet50'}
-    gains = [t32[r['name']] / r['adder_fwdbwd_ms'] for r in half['layers']
-             if r['name'] in t32]
-    check(f'fp16{tag} f+b speed-up over our fp32 (ResNet-50 median)',
-          statistics.median(gains) if gains else None, 1.6, smaller=False)
-for dt, limit in (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0),
-                  ('bfloat16_packed', 3.0), ('float16_packed', 3.0)):
-    s = load(f'step_resnet50_{dt}.json')
-    check(f'ResNet-50 step vs CNN ({dt})',
-          s and s['model_step']['adder_over_conv_step'], limit)
-PYEOF
+"$PY" tools/analysis_tools/speed_targets.py "$OUT" | tee "$OUT/targets.txt"
 
 # Each forced tile shape on every layer, per-layer tables kept (they decide
 # the automatic choice in csrc/pytorch/cuda/adder2d_cuda_launch.cuh; the H100
