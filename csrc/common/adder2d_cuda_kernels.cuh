@@ -24,19 +24,23 @@ struct DeviceExec {
   __device__ __forceinline__ int64_t num_chunks() const {
     return th.num_chunks(a);
   }
-  __device__ __forceinline__ void prologue() {
+  // Chunk 0 into stage 0 and, when there is a chunk 1, its loads issued.
+  __device__ __forceinline__ void prologue(bool load_next) {
     th.load(a);
     th.store(sm, 0);
-    th.advance(a);
-  }
-  __device__ __forceinline__ void step(int stage, bool more) {
-    // Issue the next chunk's global loads before computing on this one so
-    // their latency hides behind the arithmetic.
-    if (more) th.load(a);
-    th.compute(sm, stage);
-    if (more) {
-      th.store(sm, stage ^ 1);
+    if (load_next) {
       th.advance(a);
+      th.load(a);
+    }
+  }
+  // See run_block.
+  __device__ __forceinline__ void compute(int stage) { th.compute(sm, stage); }
+  // The registers' chunk into `stage`; then the next chunk's loads issued.
+  __device__ __forceinline__ void refill(int stage, bool load_next) {
+    th.store(sm, stage);
+    if (load_next) {
+      th.advance(a);
+      th.load(a);
     }
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }

@@ -144,19 +144,29 @@ ADDER_HD double fma_acc(double a, double b, double c) { return fma(a, b, c); }
 
 // ---- shared pipeline -------------------------------------------------------
 
-// The double-buffered main loop of one block. `Exec` runs each phase for every
-// thread of the block (one on the device, all in turn on the host) and
-// provides the barrier. One barrier per chunk suffices: chunk ch is read from
-// stage ch&1 while chunk ch+1 is written to the other stage, and the barrier
-// at the end of iteration ch-1 separates the last reads of a stage from the
-// next writes into it.
+// The main loop of one block. `Exec` runs each phase for every thread of the
+// block (one on the device, all in turn on the host) and provides the
+// barrier. Each thread's registers carry one chunk ahead of the shared
+// stages: after computing chunk ch from stage ch&1, a thread stores chunk
+// ch+1 (loaded a phase earlier) into the other stage and issues the global
+// loads of chunk ch+2, whose latency then hides behind the next compute.
+// Barriers on both sides of that refill pin it between two computes: with
+// the loads written before the compute of the same phase, ptxas emitted them
+// after it, next to their stores, and with one barrier it hoisted the stores
+// above the compute, so either way a warp waited out a global load per chunk
+// (sm_90 SASS). The two stages keep a refill off the stage being read.
 template <class Exec>
 ADDER_HD void run_block(Exec& ex) {
   const int64_t nch = ex.num_chunks();
-  if (nch > 0) ex.prologue();
+  if (nch > 0) ex.prologue(nch > 1);
   ex.sync();
   for (int64_t ch = 0; ch < nch; ++ch) {
-    ex.step(static_cast<int>(ch & 1), ch + 1 < nch);
+    const int stage = static_cast<int>(ch & 1);
+    ex.compute(stage);
+    if (ch + 1 < nch) {
+      ex.sync();
+      ex.refill(stage ^ 1, ch + 2 < nch);
+    }
     ex.sync();
   }
   ex.epilogue();

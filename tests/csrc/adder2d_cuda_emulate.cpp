@@ -53,20 +53,25 @@ struct HostExec {
     each([&](Thread& t) { uniform = uniform && t.num_chunks(a) == n; });
     return n;
   }
-  void prologue() {
+  void prologue(bool load_next) {
     each([&](Thread& t) {
       t.load(a);
       t.store(sm, 0);
-      t.advance(a);
+      if (load_next) {
+        t.advance(a);
+        t.load(a);
+      }
     });
   }
-  void step(int stage, bool more) {
+  void compute(int stage) {
+    each([&](Thread& t) { t.compute(sm, stage); });
+  }
+  void refill(int stage, bool load_next) {
     each([&](Thread& t) {
-      if (more) t.load(a);
-      t.compute(sm, stage);
-      if (more) {
-        t.store(sm, stage ^ 1);
+      t.store(sm, stage);
+      if (load_next) {
         t.advance(a);
+        t.load(a);
       }
     });
   }
