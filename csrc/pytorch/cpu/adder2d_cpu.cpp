@@ -564,14 +564,10 @@ void forward_nr(const KernelTable<T>& kt, const T* x, const T* w, T* y,
         T* a = A + g * nob * K * MR + (k0 * nob + ob * kc) * MR;
         const T* w0 = w + (g * Og + ob * MR) * K + k0;
         const int rows = static_cast<int>(std::min<int64_t>(MR, Og - ob * MR));
-        if (MR == 8)
+        if (MR == 8)  // every table's MR is 8 or 4 (make_table)
           pack_panel<8>(w0, K, rows, kc, a);
-        else if (MR == 4)
-          pack_panel<4>(w0, K, rows, kc, a);
         else
-          for (int r = 0; r < MR; ++r)
-            for (int64_t k = 0; k < kc; ++k)
-              a[k * MR + r] = r < rows ? w0[r * K + k] : T(0);
+          pack_panel<4>(w0, K, rows, kc, a);
       }
     }
   });

@@ -110,6 +110,9 @@ template <class Ops, int MR, int NV, int MK, int NVB>
 KernelTable<typename Ops::T> make_table(const char* isa) {
   static_assert(NV * Ops::kLanes == NVB * Ops::kLanes,
                 "forward and grad_X tiles must share the strip width");
+  static_assert(MR == 8 || MR == 4,
+                "forward weight panels are packed for 8 or 4 rows "
+                "(pack_panel in adder2d_cpu.cpp)");
   KernelTable<typename Ops::T> t;
   t.nr = NV * Ops::kLanes;
   t.mr = MR;
