@@ -24,15 +24,7 @@ struct DeviceExec {
   __device__ __forceinline__ int64_t num_chunks() const {
     return th.num_chunks(a);
   }
-  // Chunk 0 into stage 0 and, when there is a chunk 1, its loads issued.
-  __device__ __forceinline__ void prologue(bool load_next) {
-    th.load(a);
-    th.store(sm, 0);
-    if (load_next) {
-      th.advance(a);
-      th.load(a);
-    }
-  }
+  __device__ __forceinline__ void load() { th.load(a); }
   // See run_block.
   __device__ __forceinline__ void compute(int stage) { th.compute(sm, stage); }
   // The registers' chunk into `stage`; then the next chunk's loads issued.

@@ -158,7 +158,10 @@ ADDER_HD double fma_acc(double a, double b, double c) { return fma(a, b, c); }
 template <class Exec>
 ADDER_HD void run_block(Exec& ex) {
   const int64_t nch = ex.num_chunks();
-  if (nch > 0) ex.prologue(nch > 1);
+  if (nch > 0) {  // chunk 0 into stage 0, chunk 1 (if any) into registers
+    ex.load();
+    ex.refill(0, nch > 1);
+  }
   ex.sync();
   for (int64_t ch = 0; ch < nch; ++ch) {
     const int stage = static_cast<int>(ch & 1);

@@ -53,15 +53,8 @@ struct HostExec {
     each([&](Thread& t) { uniform = uniform && t.num_chunks(a) == n; });
     return n;
   }
-  void prologue(bool load_next) {
-    each([&](Thread& t) {
-      t.load(a);
-      t.store(sm, 0);
-      if (load_next) {
-        t.advance(a);
-        t.load(a);
-      }
-    });
+  void load() {
+    each([&](Thread& t) { t.load(a); });
   }
   void compute(int stage) {
     each([&](Thread& t) { t.compute(sm, stage); });
