@@ -78,14 +78,13 @@ void adder2d_backward_input_cuda(const at::Tensor& grad_out,
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor wt = transpose_weight(weight, p, /*forward=*/false);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (input.scalar_type() == at::kHalf && packed_half(at::kHalf)) {
-    backward_packed<Fmt::kF16, at::Half>(p, wt, grad_out, input, grad_in,
-                                         stream);
-    return;
-  }
-  if (input.scalar_type() == at::kBFloat16 && packed_half(at::kBFloat16)) {
-    backward_packed<Fmt::kBF16, at::BFloat16>(p, wt, grad_out, input, grad_in,
-                                              stream);
+  if (packed_half(input.scalar_type())) {
+    if (input.scalar_type() == at::kHalf)
+      backward_packed<Fmt::kF16, at::Half>(p, wt, grad_out, input, grad_in,
+                                           stream);
+    else
+      backward_packed<Fmt::kBF16, at::BFloat16>(p, wt, grad_out, input,
+                                                grad_in, stream);
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(

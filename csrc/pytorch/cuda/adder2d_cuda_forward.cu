@@ -76,12 +76,11 @@ void adder2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   }
   const at::Tensor wt = transpose_weight(weight, p, /*forward=*/true);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (input.scalar_type() == at::kHalf && packed_half(at::kHalf)) {
-    forward_packed<Fmt::kF16, at::Half>(p, wt, input, out, stream);
-    return;
-  }
-  if (input.scalar_type() == at::kBFloat16 && packed_half(at::kBFloat16)) {
-    forward_packed<Fmt::kBF16, at::BFloat16>(p, wt, input, out, stream);
+  if (packed_half(input.scalar_type())) {
+    if (input.scalar_type() == at::kHalf)
+      forward_packed<Fmt::kF16, at::Half>(p, wt, input, out, stream);
+    else
+      forward_packed<Fmt::kBF16, at::BFloat16>(p, wt, input, out, stream);
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -76,10 +76,10 @@ inline int forced_tile() {
 // (adder2d_cuda_packed.cuh); unset or anything else: float32 arithmetic on
 // converted inputs.
 inline bool packed_half(at::ScalarType dtype) {
+  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
   const char* s = std::getenv("ADDER_MM_CUDA_HALF2");
   if (s == nullptr || s[0] != '1' || s[1] != '\0') return false;
   if (dtype == at::kHalf) return true;
-  if (dtype != at::kBFloat16) return false;
   int device = 0, major = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(
