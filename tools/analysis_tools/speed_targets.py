@@ -24,7 +24,7 @@ import os
 import statistics
 import sys
 
-# (file, what, limit) of the training-step targets.
+# ResNet-50 training steps: (step_resnet50_<name>.json, adder/CNN at most).
 STEP_TARGETS = (('float32', 1.6), ('bfloat16', 3.0), ('float16', 3.0),
                 ('bfloat16_packed', 3.0), ('float16_packed', 3.0))
 
