@@ -391,7 +391,9 @@ def test_interleaved_times_alternates_calls():
 
 def test_benchmark_models_use_the_real_layer():
     """--model-step times ResNet-20/50 built from AdderConv2d with torch
-    alone; ResNet-20 has AdderResNet_CIFAR's layers and parameters."""
+    alone (no torchvision: the GPU machine has torch only); ResNet-20 has
+    AdderResNet_CIFAR's layers and parameters, ResNet-50 torchvision's
+    parameter count and the layers of the resnet50 suite."""
     from adder_mm.analysis import benchmark as bench
     adder_mm_models = pytest.importorskip('adder_mm.models')
     from adder_mm.models import AdderConv2d
@@ -406,10 +408,29 @@ def test_benchmark_models_use_the_real_layer():
         assert kinds.count(AdderConv2d) == (20 if adder else 0)
     x = torch.randn(2, 3, 32, 32)
     assert bench.resnet20_torch(True)(x).shape == ours(x)[-1].shape
+    for adder in (True, False):
+        # torchvision's ResNet-50 has 25,557,032 parameters
+        r50 = bench.resnet50_torch(adder)
+        assert sum(p.numel() for p in r50.parameters()) == 25_557_032
+        kinds = [type(m) for m in r50.modules()]
+        assert kinds.count(AdderConv2d) == (52 if adder else 0)
+        assert kinds.count(torch.nn.Conv2d) == (1 if adder else 53)
+    # its adder layers are those the --suite resnet50 table times
+    seen = set()
+
+    def record(m, inputs, out):
+        x = inputs[0]
+        seen.add((x.shape[1], x.shape[2], m.out_channels, m.kernel_size[0],
+                  m.stride[0], m.padding[0]))
+
     r50 = bench.resnet50_torch(True)
-    kinds = [type(m) for m in r50.modules()]
-    assert kinds.count(AdderConv2d) == 52 and kinds.count(
-        torch.nn.Conv2d) == 1
+    for m in r50.modules():
+        if isinstance(m, AdderConv2d):
+            m.register_forward_hook(record)
+    with torch.no_grad():
+        assert r50(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    assert seen == {(lay['C'], lay['H'], lay['O'], lay['k'], lay['stride'],
+                     lay['pad']) for lay in bench.resnet50_layers(1)}
     out = bench.bench_model_step('resnet20', 'cpu', torch.float32, 1, 0,
                                  batch=4)
     assert out['adder_step_ms'] > 0 and out['conv_step_ms'] > 0

@@ -10,8 +10,8 @@
 # (gpu_check.log, tests.log, benchmark*.json, step_*.json, tile_*.json,
 # benchmarks.md with one section per table, build_warnings.txt, summary.txt,
 # targets.txt).
-# Needs python + torch (+ torchvision for the ResNet-50 steps) with CUDA,
-# nvcc and pytest; no OpenMMLab, pip or network.
+# Needs python + torch with CUDA, nvcc and pytest; no torchvision,
+# OpenMMLab, pip or network.
 #
 #   OUT=/some/dir bash tools/gpu_check.sh     # $OUT defaults to work_dirs/gpu_check
 #

@@ -45,7 +45,8 @@ def resnet20_layers(batch=64):
 
 
 def resnet50_layers(batch=32):
-    """Distinct adder layers of torchvision's ResNet-50 (stride on the 3x3)."""
+    """Distinct adder layers of ResNet-50 (torchvision's layout: stride on
+    the 3x3), as :func:`resnet50_torch` builds it."""
     layers, hw, cin = [], 56, 64
     for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6),
                                              (512, 3))):
@@ -471,19 +472,25 @@ def qconv_impl(lay):
 
 # ---------------------------------------------------------------- models
 def resnet50_torch(adder):
-    """torchvision's ResNet-50 (stride on the 3x3) with every conv of the
-    residual stages an AdderConv2d (the stem conv and the classifier stay
-    multiplications, as in the paper)."""
-    import torchvision
-    net = torchvision.models.resnet50(weights=None)
-    if adder:
-        for name, m in list(net.named_modules()):
-            if isinstance(m, torch.nn.Conv2d) and name.startswith('layer'):
-                parent, _, attr = name.rpartition('.')
-                setattr(net.get_submodule(parent), attr, AdderConv2d(
-                    m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                    m.padding, m.dilation, m.groups, bias=False))
-    return net
+    """ResNet-50 in plain torch, torchvision's layout (stride on the 3x3,
+    25.56M parameters): a 7x7 stem conv, BN, ReLU, 3x3 max pool, 3+4+6+3
+    bottlenecks (1x1, 3x3, 1x1 to 4x the width; 1x1 conv + BN shortcut on a
+    change of shape), average pool and a 1000-way linear layer. Every conv of
+    the residual stages is an AdderConv2d when ``adder`` (the stem conv and
+    the classifier stay multiplications, as in the paper); the layers are
+    those of :func:`resnet50_layers`."""
+    nn = torch.nn
+    conv = _conv_factory(adder)
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+              nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6),
+                                             (512, 3))):
+        for block in range(blocks):
+            stride = 2 if stage and not block else 1
+            layers.append(_bottleneck(cin, width, stride, conv))
+            cin = width * 4
+    return nn.Sequential(*layers, _Head(cin, 1000))
 
 
 MODELS = {
@@ -557,22 +564,57 @@ def bench_int8_model(repeat, warmup, batch=64, bits=8, method='shared'):
                 float_images_s=batch / tf, int_images_s=batch / tq)
 
 
-class _BasicBlock(torch.nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN on a change of
-    shape), ReLU: mmpretrain's ResNet_CIFAR block."""
+def _conv_factory(adder):
+    """``conv(cin, cout, k, stride)``: an AdderConv2d or a bias-free
+    nn.Conv2d, padding k // 2."""
+    def conv(cin, cout, k, stride):
+        if adder:
+            return AdderConv2d(cin, cout, k, stride, k // 2)
+        return torch.nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+    return conv
 
-    def __init__(self, cin, cout, stride, conv):
+
+def _shortcut(cin, cout, stride, conv):
+    """Identity, or a 1x1 conv + BN where the block changes the shape."""
+    nn = torch.nn
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+
+
+class _Residual(torch.nn.Module):
+    """``relu(body(x) + short(x))``."""
+
+    def __init__(self, body, short):
         super().__init__()
-        nn = torch.nn
-        self.body = nn.Sequential(conv(cin, cout, 3, stride),
-                                  nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                  conv(cout, cout, 3, 1), nn.BatchNorm2d(cout))
-        self.short = (nn.Sequential(conv(cin, cout, 1, stride),
-                                    nn.BatchNorm2d(cout))
-                      if stride != 1 or cin != cout else nn.Identity())
+        self.body, self.short = body, short
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.short(x))
+
+
+def _basic_block(cin, cout, stride, conv):
+    """conv3x3(stride)-BN-ReLU-conv3x3-BN + shortcut, ReLU: mmpretrain's
+    ResNet_CIFAR block."""
+    nn = torch.nn
+    return _Residual(
+        nn.Sequential(conv(cin, cout, 3, stride), nn.BatchNorm2d(cout),
+                      nn.ReLU(inplace=True), conv(cout, cout, 3, 1),
+                      nn.BatchNorm2d(cout)),
+        _shortcut(cin, cout, stride, conv))
+
+
+def _bottleneck(cin, width, stride, conv):
+    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN to 4x ``width``
+    + shortcut, ReLU: torchvision's ResNet-50 block."""
+    nn = torch.nn
+    return _Residual(
+        nn.Sequential(conv(cin, width, 1, 1), nn.BatchNorm2d(width),
+                      nn.ReLU(inplace=True), conv(width, width, 3, stride),
+                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                      conv(width, width * 4, 1, 1),
+                      nn.BatchNorm2d(width * 4)),
+        _shortcut(cin, width * 4, stride, conv))
 
 
 def resnet20_torch(adder):
@@ -580,19 +622,14 @@ def resnet20_torch(adder):
     to 16 channels, 3 stages x 3 blocks (16, 32, 64), adder or conv layers.
     Same layers and parameters as AdderResNet_CIFAR(depth=20)."""
     nn = torch.nn
-
-    def conv(cin, cout, k, stride):
-        if adder:
-            return AdderConv2d(cin, cout, k, stride, k // 2)
-        return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
-
+    conv = _conv_factory(adder)
     layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
               nn.ReLU(inplace=True)]
     cin = 16
     for i, cout in enumerate((16, 32, 64)):
         for j in range(3):
-            layers.append(_BasicBlock(cin, cout, 2 if i and not j else 1,
-                                      conv))
+            layers.append(_basic_block(cin, cout, 2 if i and not j else 1,
+                                       conv))
             cin = cout
     return nn.Sequential(*layers)
 

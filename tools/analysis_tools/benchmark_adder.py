@@ -54,11 +54,12 @@ defaults (any value stops the re-execution).
 
 ``--model-step`` times a whole training step (forward, cross entropy,
 backward, SGD step, batch ``--step-batch``) of ResNet-20 (32x32, the layers
-and parameters of AdderResNet_CIFAR) or torchvision's ResNet-50 (224x224),
-both built from AdderConv2d with torch alone, against the CNN twin; with
-``--dtype float16/bfloat16`` under autocast (mixed precision, float
-weights). ``--int8-model`` times inference of the digits-shaped ResNet-20 in
-float32 against its post-training quantized (INT8, shared grid) self.
+and parameters of AdderResNet_CIFAR) or ResNet-50 (224x224, torchvision's
+layout and parameters), both built from AdderConv2d with torch alone,
+against the CNN twin; with ``--dtype float16/bfloat16`` under autocast
+(mixed precision, float weights). ``--int8-model`` times inference of the
+digits-shaped ResNet-20 in float32 against its post-training quantized
+(INT8, shared grid) self.
 CUDA: TF32 off, cuDNN autotuned (cudnn.benchmark), each sample a run of
 back-to-back calls of at least 2 ms timed with CUDA events. The measuring
 code is adder_mm/analysis/benchmark.py (torch alone).
