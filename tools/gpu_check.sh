@@ -9,7 +9,7 @@
 # (per-layer tables) and a profile. Everything is teed into $OUT
 # (gpu_check.log, tests.log, benchmark*.json, step_*.json, tile_*.json,
 # benchmarks.md with one section per table, build_warnings.txt, summary.txt,
-# targets.txt).
+# targets.txt, tiles.txt).
 # Needs python + torch with CUDA, nvcc and pytest; no torchvision,
 # OpenMMLab, pip or network.
 #
@@ -166,6 +166,10 @@ for TILE in 2 1 3 0; do
     --section "cuda-float32-tile-$TILE"
 done
 
+# What the automatic tile choice costs against each forced shape and the
+# best per layer (forward and backward apart), from the sweep above.
+"$PY" tools/analysis_tools/speed_targets.py "$OUT" --tiles | tee "$OUT/tiles.txt"
+
 # ---- where a layer's time goes: GPU kernels vs host (torch.profiler) ---------
 if [ "$(seconds_left)" -lt 30 ]; then
   echo "SKIP  profile ($(seconds_left)s left)" | tee -a "$SUMMARY"
@@ -197,5 +201,6 @@ echo
 echo "===== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
 [ -f "$OUT/targets.txt" ] && cat "$OUT/targets.txt"
+[ -f "$OUT/tiles.txt" ] && cat "$OUT/tiles.txt"
 [ -f "$MD" ] && cat "$MD"
 exit $FAILED
