@@ -7,6 +7,7 @@ channel-blocked grad_X (batch 1), strided/dilated/padded/non-square taps and
 groups. Also bit-identical results run to run and across thread counts, and
 every instruction-set level this CPU has (the portable one always).
 """
+import json
 import os
 import sys
 
@@ -361,7 +362,6 @@ def test_benchmark_runs_and_reports(tmp_path, run_tool):
                      '--threads', '1', '--batch', '3', '--out', out,
                      '--markdown', md], env={'ADDER_MM_CPU_ISA': 'avx2'})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
     res = json.loads(out.read_text())
     assert res['env']['threads'] == 1
     lay, = res['layers']
@@ -378,6 +378,94 @@ def test_benchmark_runs_and_reports(tmp_path, run_tool):
     assert 'torch ' + torch.__version__ in text
     assert res['env']['switches']['ADDER_MM_CPU_ISA'] == 'avx2'
     assert 'ADDER_MM_CPU_ISA=avx2' in text
+
+
+def _sweep_layer(name, fwd, fwdbwd):
+    """A made-up tile-sweep result: {shape: ms}, cuDNN 1.0 / 2.0 ms."""
+    return dict(name=name, suite='resnet50', N=32, C=64, H=56, W=56, O=64,
+                k=3, stride=1, pad=1, conv_fwd_ms=1.0, conv_fwdbwd_ms=2.0,
+                tile_fwd_ms=fwd, tile_fwdbwd_ms=fwdbwd)
+
+
+def test_tile_sweep_summary():
+    """The fastest shape per layer for the forward and for the backward
+    (f+b less forward), adder/cuDNN median / max of each way of choosing."""
+    from adder_mm.analysis import benchmark as bench
+
+    # backward: auto a 3.0, b 3.0; tile 0: a 2.5, b 2.0; tile 2: a 4.5, b 3.0
+    results = [
+        _sweep_layer('a', {'auto': 2.0, '0': 2.0, '2': 1.5},
+                     {'auto': 5.0, '0': 4.5, '2': 6.0}),
+        _sweep_layer('b', {'auto': 3.0, '0': 4.0, '2': 2.0},
+                     {'auto': 6.0, '0': 6.0, '2': 5.0})]
+    rows, ways = bench.tile_sweep_summary(results)
+    assert [(r['name'], kf, kb) for r, kf, kb in rows] == [('a', '2', '0'),
+                                                           ('b', '2', '0')]
+    want = {'auto': ((2.5, 3.0), (2.75, 3.0)),
+            '0': ((3.0, 4.0), (2.625, 3.0)),
+            '2': ((1.75, 2.0), (2.75, 3.0)),
+            # a: forward tile 2 (1.5) + backward tile 0 (2.5) = 4.0 -> 2.0;
+            # b: 2.0 + 2.0 -> 2.0
+            'best': ((1.75, 2.0), (2.0, 2.0))}
+    assert list(ways) == list(want)
+    for k, (f, fb) in want.items():
+        assert ways[k]['fwd'] == pytest.approx(f), k
+        assert ways[k]['fwdbwd'] == pytest.approx(fb), k
+    text = bench.tile_sweep_markdown(results)
+    assert '- best per layer (forward and backward apart): forward 1.75 / ' \
+        '2.00, forward+backward 2.00 / 2.00' in text
+    table = [[c.strip() for c in line.strip('| ').split('|')]
+             for line in text.splitlines() if line.startswith('| res')]
+    # suite, layer, shape, fwd auto, 0, 2, fastest, auto/best, bwd auto, 0,
+    # 2, fastest, auto/best
+    assert [r[6:8] + r[11:] for r in table] == [['2', '1.33', '0', '1.20'],
+                                                 ['2', '1.50', '0', '1.50']]
+    assert bench.tile_sweep_markdown([]) == ''
+
+
+def test_tile_sweep_mode_runs_and_restores_env(tmp_path, monkeypatch,
+                                               run_tool):
+    """benchmark_adder.py's tile-sweep mode end to end on the CPU (the
+    variable is inert there; the parser keeps the mode CUDA-only): every
+    name timed, ADDER_MM_CUDA_TILE restored, JSON and markdown written."""
+    import argparse
+    import importlib.util
+
+    from adder_mm.analysis import benchmark as bench
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_adder',
+        BENCHMARK)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setenv(bench.TILE_ENV, '1')
+    args = argparse.Namespace(
+        device='cpu', dtype='float32', tile_sweep=[2, 0], repeat=1,
+        warmup=0, batch=2, out=str(tmp_path / 'tiles.json'),
+        markdown=str(tmp_path / 'b.md'), section='tiles')
+    results = tool.main_tiles(args, ['resnet20'], {'layer1.0.conv1'},
+                              torch.float32)
+    assert os.environ[bench.TILE_ENV] == '1'
+    monkeypatch.delenv(bench.TILE_ENV)
+    (r, ) = results
+    for what in ('fwd', 'fwdbwd'):
+        assert list(r[f'tile_{what}_ms']) == ['auto', '2', '0']
+        assert all(v > 0 for v in r[f'tile_{what}_ms'].values())
+        assert r[f'conv_{what}_ms'] > 0
+    saved = json.loads((tmp_path / 'tiles.json').read_text())
+    assert set(saved['summary']) == {'auto', '2', '0', 'best'}
+    md = (tmp_path / 'b.md').read_text()
+    assert '| resnet20 | layer1.0.conv1 |' in md and 'tile sweep' in md
+    bench.bench_tile_sweep(r, [3], 'cpu', torch.float32, 1, 0)
+    assert bench.TILE_ENV not in os.environ
+    for bad, says in ((['--device', 'cuda', '--tile-sweep', '2,5'],
+                       'distinct tile shapes 0..3'),
+                      (['--device', 'cuda', '--tile-sweep', '1,1'],
+                       'distinct tile shapes 0..3'),
+                      (['--tile-sweep', '2'], 'CUDA only'),
+                      (['--device', 'cuda', '--tile-sweep', '2',
+                        '--model-step'], 'replaces the layer table')):
+        proc = run_tool([BENCHMARK] + bad)
+        assert proc.returncode == 2 and says in proc.stderr, bad
 
 
 def test_interleaved_times_alternates_calls():

@@ -17,7 +17,6 @@ import json
 import os
 import os.path as osp
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -488,63 +487,6 @@ def test_speed_targets_report(tmp_path):
                               str(tmp_path / 'nowhere')],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and 'no folder' in missing.stderr
-
-
-def test_speed_targets_tile_report(tmp_path):
-    """speed_targets.py --tiles (gpu_check.sh's tiles.txt) on made-up
-    files: the fastest forced tile per layer for the forward and for the
-    backward (f+b less forward), adder/cuDNN median / max per way of
-    choosing; layers missing from a tile run are left out."""
-    def layer(name, fwd, fwdbwd):
-        return dict(name=name, suite='resnet50', N=32, C=64, H=56, W=56,
-                    O=64, k=3, stride=1, adder_fwd_ms=fwd,
-                    adder_fwdbwd_ms=fwdbwd, conv_fwd_ms=1.0,
-                    conv_fwdbwd_ms=2.0)
-
-    def write(name, *layers):
-        (tmp_path / name).write_text(json.dumps(dict(layers=list(layers))))
-
-    script = osp.join(ROOT, 'tools', 'analysis_tools', 'speed_targets.py')
-
-    def report():
-        run = subprocess.run([sys.executable, script, str(tmp_path),
-                              '--tiles'], capture_output=True, text=True,
-                             timeout=60)
-        assert run.returncode == 0, run.stderr
-        return run.stdout.splitlines()
-
-    assert report() == ['tile choice: no benchmark.json (the automatic '
-                        'choice)']
-    write('benchmark.json', layer('a', 2.0, 5.0), layer('b', 3.0, 6.0),
-          layer('c', 1.0, 2.0))
-    assert report() == ['tile choice: no tile_<k>.json']
-    # backward = f+b - fwd: tile 0: a 2.5, b 2.0; tile 2: a 4.5, b 3.0
-    write('tile_0.json', layer('a', 2.0, 4.5), layer('b', 4.0, 6.0))
-    write('tile_2.json', layer('a', 1.5, 6.0), layer('b', 2.0, 5.0))
-    lines = report()
-    assert lines[0].startswith('tile choice over 2 layers')
-    got = {}
-    for line in lines[1:5]:
-        m = re.fullmatch(r'- (.+): forward ([\d.]+) / ([\d.]+), '
-                         r'forward\+backward ([\d.]+) / ([\d.]+)', line)
-        assert m, line
-        got[m[1]] = tuple(float(v) for v in m.groups()[1:])
-    want = {'automatic': (2.5, 3.0, 2.75, 3.0),
-            'tile 0 everywhere': (3.0, 4.0, 2.625, 3.0),
-            'tile 2 everywhere': (1.75, 2.0, 2.75, 3.0),
-            # a: forward tile 2 (1.5) + backward tile 0 (2.5) = 4.0 -> 2.0;
-            # b: 2.0 + 2.0 -> 2.0
-            'best per layer': (1.75, 2.0, 2.0, 2.0)}
-    assert got.keys() == want.keys()
-    for k, v in want.items():
-        assert got[k] == pytest.approx(v, abs=0.006), k
-    rows = [[c.strip() for c in line.strip('| ').split('|')]
-            for line in lines if line.startswith('| res')]
-    # cells: suite, layer, shape, fwd t0, t2, best, auto/best, bwd t0, t2,
-    # best, auto/best (auto backward: a 3.0, b 3.0)
-    assert [r[1] for r in rows] == ['a', 'b']
-    assert [r[5:7] for r in rows] == [['2', '1.33'], ['2', '1.50']]
-    assert [r[9:11] for r in rows] == [['0', '1.20'], ['0', '1.50']]
 
 
 # ---- CUDA tests -------------------------------------------------------------

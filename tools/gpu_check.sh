@@ -5,11 +5,10 @@
 # ResNet-20 step, the float16 ResNet-50 table (float and packed-pair kernels),
 # ResNet-50 training steps (float32, autocast bfloat16 and float16, the 16-bit
 # ones also with the packed kernels), the speed targets checked against
-# them (targets.txt); then, while time is left, a sweep of the tile shapes
-# (per-layer tables) and a profile. Everything is teed into $OUT
-# (gpu_check.log, tests.log, benchmark*.json, step_*.json, tile_*.json,
-# benchmarks.md with one section per table, build_warnings.txt, summary.txt,
-# targets.txt, tiles.txt).
+# them (targets.txt), a sweep of the tile shapes (tiles.json); then, while
+# time is left, a profile. Everything is teed into $OUT (gpu_check.log,
+# tests.log, benchmark*.json, step_*.json, tiles.json, benchmarks.md with
+# one section per table, build_warnings.txt, summary.txt, targets.txt).
 # Needs python + torch with CUDA, nvcc and pytest; no torchvision,
 # OpenMMLab, pip or network.
 #
@@ -55,7 +54,8 @@ step() {
   return $rc
 }
 
-# Seconds left of the script's 290-second budget (the optional steps use it).
+# Seconds left of the script's 290-second budget (the profile runs only
+# with time to spare).
 seconds_left() { echo $((290 - ($(date +%s) - START))); }
 
 echo "gpu_check: $(date -u) in $PWD, results in $OUT"
@@ -151,24 +151,13 @@ done
 # ---- speed targets (adder vs cuDNN, steps vs CNN), from the JSON files above
 "$PY" tools/analysis_tools/speed_targets.py "$OUT" | tee "$OUT/targets.txt"
 
-# Each forced tile shape on every layer, per-layer tables kept (they decide
-# the automatic choice in csrc/pytorch/cuda/adder2d_cuda_launch.cuh; the H100
-# sweep's best single shape, 2, first), only with time to spare.
-for TILE in 2 1 3 0; do
-  LEFT=$(seconds_left)
-  if [ $LEFT -lt 25 ]; then
-    echo "SKIP  tile_$TILE (${LEFT}s left)" | tee -a "$SUMMARY"
-    continue
-  fi
-  step "tile_$TILE" "$LEFT" env ADDER_MM_CUDA_TILE=$TILE "$PY" \
-    $BENCH --device cuda --suite all --no-unfold --repeat 3 \
-    --out "$OUT/tile_$TILE.json" --markdown "$MD" \
-    --section "cuda-float32-tile-$TILE"
-done
-
-# What the automatic tile choice costs against each forced shape and the
-# best per layer (forward and backward apart), from the sweep above.
-"$PY" tools/analysis_tools/speed_targets.py "$OUT" --tiles | tee "$OUT/tiles.txt"
+# ---- tile shapes: every layer with the automatic choice and each forced
+# shape, alternating call by call in one process; per layer the fastest
+# shape for the forward and for the backward, and what the automatic choice
+# (csrc/pytorch/cuda/adder2d_cuda_launch.cuh) costs against them.
+step tile_sweep 90 "$PY" $BENCH --device cuda --suite all --tile-sweep \
+  2,1,3,0 --repeat 3 --out "$OUT/tiles.json" --markdown "$MD" \
+  --section cuda-float32-tiles
 
 # ---- where a layer's time goes: GPU kernels vs host (torch.profiler) ---------
 if [ "$(seconds_left)" -lt 30 ]; then
@@ -201,6 +190,5 @@ echo
 echo "===== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
 [ -f "$OUT/targets.txt" ] && cat "$OUT/targets.txt"
-[ -f "$OUT/tiles.txt" ] && cat "$OUT/tiles.txt"
 [ -f "$MD" ] && cat "$MD"
 exit $FAILED

@@ -224,7 +224,11 @@ def peak_bytes(fn, device):
     return _status_bytes('VmHWM') - base
 
 
-def bench_layer(lay, args, device, dtype):
+def _layer_calls(lay, device, dtype):
+    """The layer's ops on random inputs: ``(ops, fwd, step)`` where
+    ``fwd(op)`` / ``step(op)`` make a callable running the forward without
+    gradients / forward and backward of ``op`` ('adder', 'conv' or
+    'unfold' from ``ops``)."""
     n, c, h, w, o, k = (lay[x] for x in ('N', 'C', 'H', 'W', 'O', 'k'))
     s, p = lay['stride'], lay['pad']
     gen = torch.Generator().manual_seed(0)
@@ -235,13 +239,6 @@ def bench_layer(lay, args, device, dtype):
         'conv': lambda a, b: F.conv2d(a, b, None, s, p),
         'unfold': lambda a, b: UnfoldAdder.apply(a, b, s, p),
     }
-    names = ['adder', 'conv']
-    elem = torch.finfo(dtype).bits // 8
-    unfold_mib = unfold_temp_bytes(lay, elem) / 2**20
-    if args.unfold and unfold_mib <= args.unfold_max_mib:
-        names.append('unfold')
-    res = dict(lay)
-    res['unfold_temp_mib'] = round(unfold_mib, 1)
     with torch.no_grad():
         gout = torch.randn(ops['conv'](x, wt).shape, generator=gen).to(
             device, dtype)
@@ -261,6 +258,18 @@ def bench_layer(lay, args, device, dtype):
             wg.grad = None
         return run
 
+    return ops, fwd, step
+
+
+def bench_layer(lay, args, device, dtype):
+    ops, fwd, step = _layer_calls(lay, device, dtype)
+    names = ['adder', 'conv']
+    elem = torch.finfo(dtype).bits // 8
+    unfold_mib = unfold_temp_bytes(lay, elem) / 2**20
+    if args.unfold and unfold_mib <= args.unfold_max_mib:
+        names.append('unfold')
+    res = dict(lay)
+    res['unfold_temp_mib'] = round(unfold_mib, 1)
     # adder and conv alternate call by call (their ratio is the target);
     # the unfold form is 2-3 orders slower: a couple of calls suffice.
     for what, make in (('fwd', fwd), ('fwdbwd', step)):
@@ -295,6 +304,115 @@ def bench_layer(lay, args, device, dtype):
         u = res.get(f'unfold_{what}_{unit}')
         res[f'unfold_over_adder_{what}'] = (u / a) if a and u else None
     return res
+
+
+# ------------------------------------------------------ CUDA tile sweep
+TILE_ENV = 'ADDER_MM_CUDA_TILE'
+
+
+def bench_tile_sweep(lay, tiles, device, dtype, repeat, warmup):
+    """cuDNN's conv and the adder with the automatic tile choice and with
+    each forced shape in ``tiles`` (0..3, ADDER_MM_CUDA_TILE set around
+    every call), all alternating call by call, forward and forward+backward.
+
+    Returns the layer dict with ``tile_fwd_ms`` / ``tile_fwdbwd_ms``
+    ({'auto' or str(tile): median ms}) and ``conv_fwd_ms`` /
+    ``conv_fwdbwd_ms``. The variable is restored afterwards.
+    """
+    ops, fwd, step = _layer_calls(lay, device, dtype)
+    names = ['auto'] + [str(t) for t in tiles]
+    saved = os.environ.get(TILE_ENV)
+
+    def forced(name, fn):
+        value = 'auto' if name == 'auto' else name  # not 0..3: automatic
+
+        def run():
+            os.environ[TILE_ENV] = value
+            fn()
+        return run
+
+    res = dict(lay)
+    try:
+        for what, make in (('fwd', fwd), ('fwdbwd', step)):
+            fns = [make(ops['conv'])] + [forced(n, make(ops['adder']))
+                                         for n in names]
+            medians, _ = interleaved_times(fns, device, repeat, warmup)
+            res[f'conv_{what}_ms'] = 1e3 * medians[0]
+            res[f'tile_{what}_ms'] = {n: 1e3 * t
+                                      for n, t in zip(names, medians[1:])}
+    finally:
+        if saved is None:
+            os.environ.pop(TILE_ENV, None)
+        else:
+            os.environ[TILE_ENV] = saved
+    return res
+
+
+def tile_sweep_summary(results):
+    """Per layer the fastest shape for the forward and for the backward
+    (forward+backward less forward: one index forces both), and adder/cuDNN
+    median and max over layers of each way of choosing: ``'auto'``, each
+    shape everywhere, ``'best'`` per layer (forward and backward apart).
+
+    Returns ``(rows, ways)``: rows of (result, fastest forward shape,
+    fastest backward shape), ways {name: dict(fwd=(median, max),
+    fwdbwd=(median, max))}.
+    """
+    rows, ratios = [], {}
+
+    def add(name, what, value):
+        ratios.setdefault(name, {'fwd': [], 'fwdbwd': []})[what].append(
+            value)
+
+    for r in results:
+        t_f, t_fb = r['tile_fwd_ms'], r['tile_fwdbwd_ms']
+        t_b = {n: t_fb[n] - t_f[n] for n in t_f}
+        shapes = [n for n in t_f if n != 'auto']
+        kf = min(shapes, key=t_f.get)
+        kb = min(shapes, key=t_b.get)
+        rows.append((r, kf, kb))
+        for n in t_f:
+            add(n, 'fwd', t_f[n] / r['conv_fwd_ms'])
+            add(n, 'fwdbwd', t_fb[n] / r['conv_fwdbwd_ms'])
+        add('best', 'fwd', t_f[kf] / r['conv_fwd_ms'])
+        add('best', 'fwdbwd', (t_f[kf] + t_b[kb]) / r['conv_fwdbwd_ms'])
+    ways = {n: {w: (statistics.median(v), max(v)) for w, v in d.items()}
+            for n, d in ratios.items()}
+    return rows, ways
+
+
+def tile_sweep_markdown(results):
+    """The summary lines and the per-layer table of a tile sweep."""
+    rows, ways = tile_sweep_summary(results)
+    if not rows:
+        return ''
+    lines = [f'Tile choice over {len(rows)} layers, adder/cuDNN median / max:'
+             ]
+    for name, v in ways.items():
+        label = {'auto': 'automatic', 'best': 'best per layer (forward '
+                 'and backward apart)'}.get(name, f'tile {name} everywhere')
+        lines.append(f"- {label}: forward {v['fwd'][0]:.2f} / "
+                     f"{v['fwd'][1]:.2f}, forward+backward "
+                     f"{v['fwdbwd'][0]:.2f} / {v['fwdbwd'][1]:.2f}")
+    shapes = [n for n in rows[0][0]['tile_fwd_ms'] if n != 'auto']
+    cols = ' | '.join(f'tile {n}' for n in shapes)
+    lines += ['', 'Milliseconds; backward = forward+backward less forward; '
+              'auto/best: the automatic choice over the fastest shape.', '',
+              f'| suite | layer | N,C,HxW -> O, k/s | fwd auto | {cols} | '
+              f'fastest | auto/best | bwd auto | {cols} | fastest | '
+              'auto/best |',
+              '|' + '---|' * (9 + 2 * len(shapes))]
+    for r, kf, kb in rows:
+        t_f = r['tile_fwd_ms']
+        t_b = {n: r['tile_fwdbwd_ms'][n] - t_f[n] for n in t_f}
+        cells = [r['suite'], r['name'],
+                 f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
+                 f"{r['k']}/{r['stride']}"]
+        for t, k in ((t_f, kf), (t_b, kb)):
+            cells += [_ms(t['auto'])] + [_ms(t[n]) for n in shapes] + [
+                k, _fmt(t['auto'] / t[k])]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 # ------------------------------------------------------------- INT8 mode

@@ -82,6 +82,7 @@ from adder_mm.analysis.benchmark import (
     bench_int8_model,
     bench_layer,
     bench_model_step,
+    bench_tile_sweep,
     environment,
     int8_markdown_table,
     int8_summary,
@@ -89,6 +90,8 @@ from adder_mm.analysis.benchmark import (
     qconv_impl,
     select_layers,
     summary,
+    tile_sweep_markdown,
+    tile_sweep_summary,
 )
 from adder_mm.ops import set_cpu_isa
 from adder_mm.utils.machine import describe
@@ -211,6 +214,11 @@ def parse_args(argv=None):
                         'torch\'s oneDNN convolutions; takes effect only '
                         'before oneDNN first runs in the process (--int8 '
                         'prints the kernel it ran)')
+    parser.add_argument('--tile-sweep', default=None, metavar='TILES',
+                        help='CUDA: instead of the layer table, time every '
+                        'layer with the automatic tile choice and with each '
+                        'forced shape in this comma-separated list of 0..3 '
+                        '(ADDER_MM_CUDA_TILE), alternating call by call')
     parser.add_argument('--skip-layers', action='store_true',
                         help='no per-layer table (only --model-step / '
                         '--int8-model)')
@@ -237,6 +245,19 @@ def parse_args(argv=None):
                      'CUDA kernel)')
     if args.step_batch < 1:
         parser.error('--step-batch must be >= 1')
+    if args.tile_sweep is not None:
+        tiles = args.tile_sweep.split(',')
+        if not all(t in ('0', '1', '2', '3') for t in tiles) or len(
+                set(tiles)) != len(tiles):
+            parser.error('--tile-sweep takes distinct tile shapes 0..3, '
+                         f'comma-separated; got {args.tile_sweep!r}')
+        if args.device != 'cuda':
+            parser.error('--tile-sweep is CUDA only (the CPU kernels have '
+                         'no tile shapes to force)')
+        if args.model_step or args.int8 or args.skip_layers:
+            parser.error('--tile-sweep replaces the layer table; run '
+                         '--model-step/--int8/--skip-layers separately')
+        args.tile_sweep = [int(t) for t in tiles]
     if args.batch is not None and args.batch < 1:
         parser.error('--batch must be >= 1')
     return args
@@ -279,6 +300,8 @@ def main(argv=None):
         wanted = set()
     if args.int8:
         return main_int8(args, suites, wanted)
+    if args.tile_sweep:
+        return main_tiles(args, suites, wanted, dtype)
     env = environment(device)
     print(f"# {describe(env)}, {env['threads']} threads, {args.dtype}, "
           f"ext {env['ext']}")
@@ -335,6 +358,38 @@ def main(argv=None):
     if args.summary_markdown:
         body = f"\n\n{summary_lines(summ)}" if results else ''
         write_section(args.summary_markdown, section, head + body + extras)
+    return results
+
+
+def main_tiles(args, suites, wanted, dtype):
+    env = environment(args.device)
+    head = (f"{describe(env)}, {args.dtype}, tile sweep (ADDER_MM_CUDA_TILE "
+            f"auto and {', '.join(map(str, args.tile_sweep))}); written by "
+            "tools/analysis_tools/benchmark_adder.py.")
+    print('# ' + head, flush=True)
+    results = []
+    for suite, lay in select_layers(suites, wanted, args.batch):
+        r = bench_tile_sweep(lay, args.tile_sweep, args.device, dtype,
+                             args.repeat, args.warmup)
+        r['suite'] = suite
+        results.append(r)
+        print(f"{suite:8s} {r['name']:15s} fwd ms conv "
+              f"{_ms(r['conv_fwd_ms'])} " + ' '.join(
+                  f'{k} {_ms(v)}' for k, v in r['tile_fwd_ms'].items()) +
+              f" | f+b ms conv {_ms(r['conv_fwdbwd_ms'])} " + ' '.join(
+                  f'{k} {_ms(v)}' for k, v in r['tile_fwdbwd_ms'].items()),
+              flush=True)
+    text = tile_sweep_markdown(results)
+    print('\n' + text)
+    if args.out:
+        _, ways = tile_sweep_summary(results)
+        with open(args.out, 'w') as f:
+            json.dump(dict(env=env, args=vars(args), layers=results,
+                           summary=ways), f, indent=1)
+    if args.markdown:
+        write_section(args.markdown,
+                      args.section or f'{args.device}-{args.dtype}-tiles',
+                      head + '\n\n' + text)
     return results
 
 
