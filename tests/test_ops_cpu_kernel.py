@@ -477,15 +477,13 @@ def test_interleaved_times_alternates_calls():
     assert len(medians) == 2 and len(ratios) == 1 and ratios[0] > 0
 
 
-def test_benchmark_models_use_the_real_layer():
-    """--model-step times ResNet-20/50 built from AdderConv2d with torch
-    alone (no torchvision: the GPU machine has torch only); ResNet-20 has
-    AdderResNet_CIFAR's layers and parameters, ResNet-50 torchvision's
-    parameter count and the layers of the resnet50 suite."""
+def test_benchmark_resnet20_is_adder_resnet_cifar():
+    """--model-step's ResNet-20 (torch alone) has AdderResNet_CIFAR's layers
+    and parameters."""
     from adder_mm.analysis import benchmark as bench
-    adder_mm_models = pytest.importorskip('adder_mm.models')
-    from adder_mm.models import AdderConv2d
-    ours = adder_mm_models.AdderResNet_CIFAR(depth=20)
+    pytest.importorskip('mmpretrain')
+    from adder_mm.models import AdderConv2d, AdderResNet_CIFAR
+    ours = AdderResNet_CIFAR(depth=20)
     for adder in (True, False):
         net = bench.resnet20_torch(adder)
         assert (sum(p.numel() for p in net.parameters()) ==
@@ -496,6 +494,15 @@ def test_benchmark_models_use_the_real_layer():
         assert kinds.count(AdderConv2d) == (20 if adder else 0)
     x = torch.randn(2, 3, 32, 32)
     assert bench.resnet20_torch(True)(x).shape == ours(x)[-1].shape
+
+
+def test_benchmark_models_use_the_real_layer():
+    """--model-step times ResNet-20/50 built from AdderConv2d with torch
+    alone (no torchvision or OpenMMLab: the GPU machine has torch only);
+    ResNet-50 has torchvision's parameter count and the layers of the
+    resnet50 suite."""
+    from adder_mm.analysis import benchmark as bench
+    from adder_mm.models.layers import AdderConv2d
     for adder in (True, False):
         # torchvision's ResNet-50 has 25,557,032 parameters
         r50 = bench.resnet50_torch(adder)
