@@ -256,6 +256,10 @@ BAD_INPUTS = [
      'input dtype torch.float32 does not match weight dtype torch.float64'),
     ('integer tensors', dict(xd=torch.int64, wd=torch.int64), {}, TypeError,
      'floating point'),
+    ('no input channels', dict(xs=(1, 0, 5, 5), ws=(2, 0, 3, 3)), {},
+     ValueError, 'input has no channels'),
+    ('empty kernel', dict(ws=(2, 4, 0, 3)), {}, ValueError,
+     r'empty kernel \(0, 3\)'),
     ('kernel > padded input', dict(xs=(1, 4, 2, 2)), {}, ValueError,
      'larger than the padded input 2x2'),
     ('dilated kernel > padded input', dict(xs=(1, 4, 4, 4)),
@@ -342,6 +346,10 @@ def test_ext_direct_bad_args_raise():
                                                         one, 2)),
         ('larger than the padded input', lambda: fwd(x[..., :2, :2], w, None,
                                                      one, zero, one, 1)),
+        ('input has no channels', lambda: fwd(x[:, :0], w[:, :0], None, one,
+                                              zero, one, 1)),
+        ('empty kernel', lambda: fwd(x, w[..., :0], None, one, zero, one,
+                                     1)),
         ('stride must have 1 or 2 elements', lambda: fwd(x, w, None, [1, 1, 1],
                                                          zero, one, 1)),
         ('bias must have shape', lambda: fwd(x, w, torch.zeros(3), one, zero,
@@ -357,6 +365,9 @@ def test_ext_direct_bad_args_raise():
                 torch.randn(1, 2, 3, 3).double(), x, w, one, zero, one, 1)),
             ('input must be 4-D', lambda bwd=bwd: bwd(
                 torch.randn(1, 2, 3, 3), x[0], w, one, zero, one, 1)),
+            ('input has no channels', lambda bwd=bwd: bwd(
+                torch.randn(1, 2, 3, 3), x[:, :0], w[:, :0], one, zero, one,
+                1)),
         ]
     for match, call in bad:
         with pytest.raises(RuntimeError, match=match):

@@ -103,6 +103,10 @@ Adder2dParams make_window_params(const char* op, const at::Tensor& x,
   TORCH_CHECK(w.size(1) * groups == p.C, op, ": ", wn, " expects ",
               w.size(1) * groups, " input channels (", w.size(1),
               " x groups ", groups, "), ", xn, " has ", p.C);
+  // C = 0 leaves every output a sum of no terms (and the kernels' blocking
+  // divides by the channel count).
+  TORCH_CHECK(p.C > 0, op, ": ", xn,
+              " has no channels: every output would be a sum of no terms");
   TORCH_CHECK(p.KH > 0 && p.KW > 0, op, ": empty kernel");
   p.OH = adder_out_size(p.H, p.KH, p.stride_h, p.pad_h, p.dil_h);
   p.OW = adder_out_size(p.W, p.KW, p.stride_w, p.pad_w, p.dil_w);
