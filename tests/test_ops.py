@@ -4,6 +4,7 @@ An independent float64 oracle, written here from the formulas of the paper
 (shared/PAPER.md), checks the reference; the reference then checks the
 compiled kernels on random shapes (hypothesis).
 """
+import subprocess
 import sys
 import warnings
 
@@ -314,6 +315,72 @@ def test_device_mismatch():
         adder2d(x, w)
     with pytest.raises(TypeError, match='bias must have the dtype and device'):
         adder2d(x, torch.randn(3, 2, 3, 3), torch.zeros(3, device=other))
+
+
+_FUZZ = r"""
+import random, sys, warnings
+import torch
+from adder_mm.ops import adder2d, adder2d_int8
+warnings.simplefilter('ignore')
+rng = random.Random(int(sys.argv[1]))
+ops = torch.ops.adder_mm
+
+
+def pick(good, wrong):  # mostly a valid value, 1 in 16 an invalid one
+    return rng.choice(wrong if rng.random() < 0.0625 else good)
+
+
+ok = bad = 0
+for it in range(int(sys.argv[2])):
+    g = pick([1, 1, 2], [0, 3])
+    c = g * pick([1, 2, 3], [0]) + pick([0], [1])
+    o = g * pick([1, 2, 3], [0]) + pick([0], [1])
+    n, h, w = pick([1, 2], [0]), pick([3, 5, 6], [0, 1]), pick([3, 4, 7], [0])
+    shape_w = (o, c // max(g, 1) + pick([0], [1]), pick([1, 2, 3], [0, 9]),
+               pick([1, 3], [0]))
+    s = pick([1, 2, (1, 2)], [0, -1, (1, 1, 1), 1.5])
+    p = pick([0, 1, (1, 0)], [-1, (0, -2)])
+    d = pick([1, 2, (1, 2)], [0, (1, 1, 1)])
+    kind = rng.choice(['float', 'float', 'int8', 'direct'])
+    try:
+        if kind == 'int8':
+            x = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8)
+            wt = torch.randint(0, 256, shape_w, dtype=torch.uint8)
+            adder2d_int8(x, wt, s, p, d, g, pick([0, 7], [256]))
+        else:
+            dt = rng.choice([torch.float32, torch.float64, torch.bfloat16])
+            x = torch.randn(n, c, h, w, dtype=dt)
+            wt = torch.randn(shape_w, dtype=pick([dt], [torch.float16]))
+            if rng.random() < 0.2:
+                x = x.transpose(2, 3)
+            if kind == 'direct':
+                pair = lambda v: list(v) if isinstance(v, tuple) else [v]
+                args = (pair(s), pair(p), pair(d), g)
+                y = ops.adder2d_forward(x, wt, None, *args)
+                ops.adder2d_backward_input(torch.randn_like(y), x, wt, *args)
+                ops.adder2d_backward_weight(torch.randn_like(y), x, wt, *args)
+            else:
+                x.requires_grad_()
+                adder2d(x, wt, None, s, p, d, g).sum().backward()
+        ok += 1
+    except (RuntimeError, ValueError, TypeError):
+        bad += 1
+print(ok, bad)
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize('seed', [1, 4])
+def test_random_arguments_raise_or_run(seed):
+    """Random shapes (zero sizes included), dtypes and geometry through
+    adder2d (with backward), adder2d_int8 and the C++ ops: every call runs
+    or raises a Python exception; none kills the process (a C = 0 input
+    once ended it with SIGFPE). In a subprocess, so a crash fails the test."""
+    proc = subprocess.run([sys.executable, '-c', _FUZZ, str(seed), '300'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    ok, bad = map(int, proc.stdout.split())
+    assert ok >= 30 and bad >= 30, (ok, bad)  # both kinds of call happen
 
 
 @needs_ext
