@@ -46,3 +46,28 @@ def test_links_resolve():
                 continue
             path = osp.normpath(osp.join(REPO, osp.dirname(doc), target))
             assert osp.exists(path), f'{doc}: broken link {target}'
+
+
+def test_files_are_written_whole_or_not_at_all(tmp_path):
+    """write_atomic (behind write_section, the benchmark's JSON and
+    checkpoints): a write that fails leaves the old file as it was and no
+    temporary behind; one that succeeds replaces it."""
+    import pytest
+
+    from adder_mm.utils import write_atomic
+    from adder_mm.utils.markdown import write_section
+    path = tmp_path / 'README.md'
+    write_section(path, 'table', 'old')
+    before = path.read_text()
+
+    def fail(tmp):
+        with open(tmp, 'w') as f:
+            f.write('half')
+        raise OSError('disk full')
+
+    with pytest.raises(OSError, match='disk full'):
+        write_atomic(path, fail)
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md']
+    write_section(path, 'table', 'new')
+    assert read_section(path.read_text(), 'table') == 'new'

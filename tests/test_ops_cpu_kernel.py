@@ -468,6 +468,33 @@ def test_tile_sweep_mode_runs_and_restores_env(tmp_path, monkeypatch,
         assert proc.returncode == 2 and says in proc.stderr, bad
 
 
+def test_benchmark_json_keeps_layers_of_a_run_cut_short(tmp_path,
+                                                      monkeypatch):
+    """--out is rewritten after every layer: a run stopped by a time cap
+    (gpu_check.sh's steps) keeps the layers it finished."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_adder',
+                                                  BENCHMARK)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    real, calls = tool.bench_layer, []
+
+    def stop_at_second(lay, *args):
+        calls.append(lay['name'])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a timeout's signal would
+        return real(lay, *args)
+
+    monkeypatch.setattr(tool, 'bench_layer', stop_at_second)
+    out = tmp_path / 'b.json'
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(['--suite', 'resnet20', '--batch', '2', '--repeat', '1',
+                   '--warmup', '0', '--no-unfold', '--out', str(out)])
+    saved = json.loads(out.read_text())
+    assert [r['name'] for r in saved['layers']] == calls[:1]
+    assert saved['summary']['adder_over_conv_fwd']['count'] == 1
+
+
 def test_interleaved_times_alternates_calls():
     from adder_mm.analysis import benchmark as bench
     calls = []

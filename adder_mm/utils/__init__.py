@@ -3,6 +3,7 @@ from .checkpoint import (
     register_checkpoint_safe_globals,
     save_atomic,
 )
+from .fileio import write_atomic
 
 __all__ = ['checkpoint_safe_globals', 'register_checkpoint_safe_globals',
-           'save_atomic']
+           'save_atomic', 'write_atomic']

@@ -12,11 +12,11 @@ one torch.save uses) writes as ``getattr(HistoryBuffer, 'min')``. The builtin
 so the ``builtins.getattr`` name is bound to :func:`history_buffer_getattr`,
 which fetches those four methods and refuses everything else.
 """
-import os
-import os.path as osp
 import pickle
 
 import torch
+
+from .fileio import write_atomic
 
 # The statistics methods HistoryBuffer registers itself (and so pickles).
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
@@ -69,15 +69,5 @@ def register_checkpoint_safe_globals():
 
 
 def save_atomic(obj, path):
-    """``torch.save(obj, path)`` through a temporary file in the same folder
-    renamed into place: a failed or interrupted save leaves nothing
-    half-written (and an existing ``path`` as it was)."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    """``torch.save(obj, path)`` through :func:`write_atomic`."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -1,8 +1,9 @@
 """Tables that tools write into markdown files (README.md, docs/*.md):
 each between two markers of its own, so a tool rewrites its table and
 nothing else, and nobody retypes a measured number."""
-import os
 import os.path as osp
+
+from .fileio import write_atomic
 
 
 def markers(name):
@@ -37,6 +38,9 @@ def write_section(path, name, body):
     (created if missing)."""
     text = open(path).read() if osp.isfile(path) else ''
     new = replace_section(text, name, body)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(new)
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(new)
+
+    write_atomic(path, write)

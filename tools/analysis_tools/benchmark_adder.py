@@ -94,6 +94,7 @@ from adder_mm.analysis.benchmark import (
     tile_sweep_summary,
 )
 from adder_mm.ops import set_cpu_isa
+from adder_mm.utils import write_atomic
 from adder_mm.utils.machine import describe
 from adder_mm.utils.markdown import write_section
 
@@ -135,10 +136,7 @@ def _main_int8(args, suites, wanted):
     for key, v in summ.items():
         print(f"{key}: median {v['median']:.2f} (min {v['min']:.2f}, "
               f"max {v['max']:.2f}, n={v['count']})")
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(env=env, args=vars(args), layers=results,
-                           summary=summ), f, indent=1)
+    _write_json(args.out, env, args, results, summ)
     text = _int8_header(env, args).lstrip('# ') + '\n\n' + table + \
         '\n\n' + summary_lines(summ)
     model = bench_int8_model(args.repeat, args.warmup) \
@@ -310,6 +308,8 @@ def main(argv=None):
         r = bench_layer(lay, args, device, dtype)
         r['suite'] = suite
         results.append(r)
+        # the layers so far, so that a run cut short keeps them
+        _write_json(args.out, env, args, results, summary(results))
         print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
               f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
               f"fwd conv {r['conv_fwd_ms']:.1f} adder "
@@ -336,11 +336,8 @@ def main(argv=None):
         if args.int8_model else None
     if int8_model:
         print(int8_model_line(int8_model))
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(env=env, args=vars(args), layers=results,
-                           summary=summ, model_step=model,
-                           int8_model=int8_model), f, indent=1)
+    _write_json(args.out, env, args, results, summ, model_step=model,
+                int8_model=int8_model)
     kernels = env['ext'].get('cpu_isa') if device == 'cpu' else 'cuda'
     if env['switches']:
         kernels += ' (' + ', '.join(
@@ -373,6 +370,8 @@ def main_tiles(args, suites, wanted, dtype):
                              args.repeat, args.warmup)
         r['suite'] = suite
         results.append(r)
+        _write_json(args.out, env, args, results,
+                    tile_sweep_summary(results)[1])
         print(f"{suite:8s} {r['name']:15s} fwd ms conv "
               f"{_ms(r['conv_fwd_ms'])} " + ' '.join(
                   f'{k} {_ms(v)}' for k, v in r['tile_fwd_ms'].items()) +
@@ -381,16 +380,26 @@ def main_tiles(args, suites, wanted, dtype):
               flush=True)
     text = tile_sweep_markdown(results)
     print('\n' + text)
-    if args.out:
-        _, ways = tile_sweep_summary(results)
-        with open(args.out, 'w') as f:
-            json.dump(dict(env=env, args=vars(args), layers=results,
-                           summary=ways), f, indent=1)
     if args.markdown:
         write_section(args.markdown,
                       args.section or f'{args.device}-{args.dtype}-tiles',
                       head + '\n\n' + text)
     return results
+
+
+def _write_json(path, env, args, results, summ, **extra):
+    """The results as JSON (nothing without ``path``), written to a
+    temporary file renamed into place: rewritten after every layer, the
+    file is always whole."""
+    if not path:
+        return
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(dict(env=env, args=vars(args), layers=results,
+                           summary=summ, **extra), f, indent=1)
+
+    write_atomic(path, write)
 
 
 def summary_lines(summ):
