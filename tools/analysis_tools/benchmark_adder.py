@@ -121,6 +121,7 @@ def _main_int8(args, suites, wanted):
         r['suite'] = suite
         r['int8_conv_impl'] = qconv_impl(lay)
         results.append(r)
+        _write_json(args.out, env, args, results, int8_summary(results))
         print(f"{suite:8s} {r['name']:15s} N{r['N']} C{r['C']} "
               f"{r['H']}x{r['W']} O{r['O']} k{r['k']} s{r['stride']}: "
               f"int8 adder {_ms(r['int8_adder_ms'])} ms, fp32 adder "
