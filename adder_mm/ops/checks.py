@@ -48,9 +48,6 @@ def check_window_args(op, x, w, stride, padding, dilation, groups,
             f'{op}: {xn} has {c} channels but {wn} expects '
             f'{w.shape[1] * groups} ({wn}.shape[1]={w.shape[1]} x '
             f'groups={groups})')
-    if c == 0:
-        raise ValueError(f'{op}: {xn} has no channels: every output would be '
-                         'a sum of no terms')
     kh, kw = w.shape[2:]
     if kh < 1 or kw < 1:
         raise ValueError(f'{op}: empty kernel {(kh, kw)}')

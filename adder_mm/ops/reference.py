@@ -52,12 +52,12 @@ def _chunk_sizes(o, k, p):
 
 def forward(x, w, stride, padding, dilation, groups):
     """Y[n,o,h,w] = -sum |X_pad patch - W[o]|: [N, O, Ho, Wo], no bias."""
-    n, _, h, wd = x.shape
+    n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     ho = out_size(h, kh, stride[0], padding[0], dilation[0])
     wo = out_size(wd, kw, stride[1], padding[1], dilation[1])
-    if n == 0:  # reshapes below cannot infer sizes of empty tensors
-        return x.new_empty(0, o, ho, wo)
+    if n == 0 or c == 0:  # empty tensors, or sums of no terms (C = 0): the
+        return x.new_zeros(n, o, ho, wo)  # reshapes below cannot infer them
     cols = _columns(x, (kh, kw), stride, padding, dilation, groups)
     og = o // groups
     k = cols.shape[2]
@@ -78,7 +78,7 @@ def forward(x, w, stride, padding, dilation, groups):
 def grad_weight(grad_out, x, w, stride, padding, dilation, groups):
     """gW[o,k] = sum_p (X_col[k,p] - W[o,k]) * G[o,p] (padded taps count)."""
     n = x.shape[0]
-    if n == 0:
+    if n == 0 or x.shape[1] == 0:
         return torch.zeros_like(w)
     o = w.shape[0]
     og = o // groups
@@ -102,7 +102,7 @@ def grad_weight(grad_out, x, w, stride, padding, dilation, groups):
 def grad_input(grad_out, x, w, stride, padding, dilation, groups):
     """gX = fold(sum_o clamp(W[o,k] - X_col[k,p], -1, 1) * G[o,p])."""
     n, c, h, wd = x.shape
-    if n == 0:
+    if n == 0 or c == 0:
         return torch.zeros_like(x)
     o, _, kh, kw = w.shape
     og = o // groups
