@@ -399,8 +399,10 @@ def test_tile_sweep_summary():
         _sweep_layer('b', {'auto': 3.0, '0': 4.0, '2': 2.0},
                      {'auto': 6.0, '0': 6.0, '2': 5.0})]
     rows, ways = bench.tile_sweep_summary(results)
-    assert [(r['name'], kf, kb) for r, kf, kb in rows] == [('a', '2', '0'),
-                                                           ('b', '2', '0')]
+    assert [(r['name'], kf, kb) for r, _, kf, kb in rows] == [
+        ('a', '2', '0'), ('b', '2', '0')]
+    assert [t_b for _, t_b, _, _ in rows] == [
+        {'auto': 3.0, '0': 2.5, '2': 4.5}, {'auto': 3.0, '0': 2.0, '2': 3.0}]
     want = {'auto': ((2.5, 3.0), (2.75, 3.0)),
             '0': ((3.0, 4.0), (2.625, 3.0)),
             '2': ((1.75, 2.0), (2.75, 3.0)),

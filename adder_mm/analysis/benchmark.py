@@ -355,9 +355,9 @@ def tile_sweep_summary(results):
     median and max over layers of each way of choosing: ``'auto'``, each
     shape everywhere, ``'best'`` per layer (forward and backward apart).
 
-    Returns ``(rows, ways)``: rows of (result, fastest forward shape,
-    fastest backward shape), ways {name: dict(fwd=(median, max),
-    fwdbwd=(median, max))}.
+    Returns ``(rows, ways)``: rows of (result, backward ms {name: ms},
+    fastest forward shape, fastest backward shape), ways {name:
+    dict(fwd=(median, max), fwdbwd=(median, max))}.
     """
     rows, ratios = [], {}
 
@@ -371,7 +371,7 @@ def tile_sweep_summary(results):
         shapes = [n for n in t_f if n != 'auto']
         kf = min(shapes, key=t_f.get)
         kb = min(shapes, key=t_b.get)
-        rows.append((r, kf, kb))
+        rows.append((r, t_b, kf, kb))
         for n in t_f:
             add(n, 'fwd', t_f[n] / r['conv_fwd_ms'])
             add(n, 'fwdbwd', t_fb[n] / r['conv_fwdbwd_ms'])
@@ -403,9 +403,8 @@ def tile_sweep_markdown(results):
               f'fastest | auto/best | bwd auto | {cols} | fastest | '
               'auto/best |',
               '|' + '---|' * (9 + 2 * len(shapes))]
-    for r, kf, kb in rows:
+    for r, t_b, kf, kb in rows:
         t_f = r['tile_fwd_ms']
-        t_b = {n: r['tile_fwdbwd_ms'][n] - t_f[n] for n in t_f}
         cells = [r['suite'], r['name'],
                  f"{r['N']},{r['C']},{r['H']}x{r['W']} -> {r['O']}, "
                  f"{r['k']}/{r['stride']}"]
