@@ -322,6 +322,17 @@ def test_set_cpu_isa_levels():
 BENCHMARK = os.path.join('tools', 'analysis_tools', 'benchmark_adder.py')
 
 
+def _benchmark_tool():
+    """tools/analysis_tools/benchmark_adder.py as a module (its functions
+    called in-process)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_adder',
+                                                  BENCHMARK)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_benchmark_unfold_form_and_layer_lists():
     """The benchmark's paper-style unfold formulation is the same function
     (and gradients) as the reference, and its layer lists are ResNet-20's
@@ -431,14 +442,9 @@ def test_tile_sweep_mode_runs_and_restores_env(tmp_path, monkeypatch,
     variable is inert there; the parser keeps the mode CUDA-only): every
     name timed, ADDER_MM_CUDA_TILE restored, JSON and markdown written."""
     import argparse
-    import importlib.util
 
     from adder_mm.analysis import benchmark as bench
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_adder',
-        BENCHMARK)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _benchmark_tool()
     monkeypatch.setenv(bench.TILE_ENV, '1')
     args = argparse.Namespace(
         device='cpu', dtype='float32', tile_sweep=[2, 0], repeat=1,
@@ -474,11 +480,7 @@ def test_benchmark_json_keeps_layers_of_a_run_cut_short(tmp_path,
                                                       monkeypatch):
     """--out is rewritten after every layer: a run stopped by a time cap
     (gpu_check.sh's steps) keeps the layers it finished."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('benchmark_adder',
-                                                  BENCHMARK)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _benchmark_tool()
     real, calls = tool.bench_layer, []
 
     def stop_at_second(lay, *args):
