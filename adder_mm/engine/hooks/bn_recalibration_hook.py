@@ -15,9 +15,20 @@ from .rng import fork_rng
 
 
 def batch_norms(model):
-    """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, _BatchNorm) and m.track_running_stats]
+    """The BatchNorm layers of ``model`` whose running statistics training
+    updates: those that keep running statistics and are in training mode
+    when the model is. A backbone's ``norm_eval`` or ``frozen_stages``
+    keeps some in eval mode through its ``train()``, their statistics
+    frozen; those are left alone. The modules' modes are restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.train()
+        return [m for m in model.modules()
+                if isinstance(m, _BatchNorm) and m.track_running_stats
+                and m.training]
+    finally:
+        for m, was in modes:
+            m.train(was)
 
 
 @HOOKS.register_module()
@@ -30,12 +41,15 @@ class BNRecalibrationHook(Hook):
     the weights until the learning rate has decayed: a model evaluated or
     saved with them classifies at chance. This hook averages the batch
     statistics of ``num_samples`` training images (train pipeline, model
-    in eval mode but for the BN layers, no gradients) into fresh running
-    statistics, exactly (cumulative average, not momentum), whenever the
+    in eval mode but for the BN layers, no gradients; batches of equal
+    size) into fresh running statistics, exactly (cumulative average, not
+    momentum), whenever the
     weights changed since the last time and the model is about to be
     validated, tested or saved; the checkpoint gets the new statistics.
     In distributed training every rank recomputes on its own share of the
-    images and the statistics are averaged over ranks.
+    images and the statistics are averaged over ranks. BN layers that
+    training leaves in eval mode (``norm_eval``, ``frozen_stages``) keep
+    their statistics.
 
     Cost: one forward pass without gradients over ``num_samples`` images
     per validation or checkpoint (one pass when both follow the same
@@ -47,7 +61,8 @@ class BNRecalibrationHook(Hook):
 
     Args:
         num_samples (int): training images per recalibration. Default 1024.
-        batch_size (int, optional): default: the train loader's.
+        batch_size (int, optional): default: the train loader's (or its
+            batch sampler's).
     """
     # Before the CheckpointHook (VERY_LOW) and any evaluation hook.
     priority = 'ABOVE_NORMAL'
@@ -153,21 +168,46 @@ class BNRecalibrationHook(Hook):
         self.recalibrations += 1
         return True
 
+    def _batch_size(self, train):
+        """The hook's batch size, else the train loader's (its batch
+        sampler's when it has one)."""
+        size = self.batch_size or train.batch_size or getattr(
+            train.batch_sampler, 'batch_size', None)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(
+                'BNRecalibrationHook: the train loader has no batch size '
+                f'(its batch sampler is {type(train.batch_sampler).__name__});'
+                ' give the hook one: dict(type=\'BNRecalibrationHook\', '
+                'batch_size=...)')
+        return size
+
     def _loader(self, runner):
-        """A loader of ``num_samples`` random training images (this rank's
-        share), independent of the train loader's iterator and generator."""
+        """A loader of about ``num_samples`` random training images (this
+        rank's share), independent of the train loader's iterator and
+        generator. Every batch on every rank has the same size, so the
+        average of the batch statistics weighs each image alike, and there
+        is no short last batch (one image in it stops a BatchNorm1d in
+        training mode): up to ``world x batch size - 1`` of the images are
+        left out, and a dataset smaller than one batch per rank is one
+        batch each."""
         train = runner.train_dataloader
         dataset = train.dataset
         rank, world = get_dist_info()
         gen = torch.Generator()
         gen.manual_seed(epoch_seed(runner.seed, -1 - runner.iter, 0))
-        total = min(self.num_samples, len(dataset))
-        order = torch.randperm(len(dataset), generator=gen)[:total]
-        mine = order[rank::world].tolist()
+        per_rank = min(self.num_samples, len(dataset)) // world
+        if per_rank < 1:
+            raise ValueError(
+                f'BNRecalibrationHook: {len(dataset)} training images '
+                f'cannot give each of {world} processes one')
+        size = min(self._batch_size(train), per_rank)
+        per_rank -= per_rank % size
+        order = torch.randperm(len(dataset), generator=gen)
+        mine = order[rank:per_rank * world:world].tolist()
         workers = getattr(train, 'num_workers', 0)
         gen.manual_seed(epoch_seed(runner.seed, -1 - runner.iter, 1 + rank))
         return DataLoader(
-            dataset, batch_size=self.batch_size or train.batch_size,
+            dataset, batch_size=size,
             sampler=mine, num_workers=workers,
             collate_fn=train.collate_fn, generator=gen,
             worker_init_fn=_worker_warnings if workers else None,
