@@ -405,6 +405,39 @@ def test_half_precision_grad_norm_does_not_overflow():
     torch.testing.assert_close(w.grad, torch.full_like(w, 0.2))
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_scale_is_applied_in_float32(dtype):
+    """alpha = eta sqrt(k) / max(||g||, eps) exceeds float16 for small
+    gradients (and is 5.6e12 for a zero one): cast to float16 it became
+    inf, and weights went inf or nan. The scaled gradient itself is small."""
+    w = nn.Parameter(torch.ones(64, 64, 3, 3, dtype=dtype))
+    normalizer = AdderGradNormalizer([('w', w, 0.2)])
+    w.grad = torch.zeros_like(w)
+    normalizer(None, (), {})
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    g = 2e-6 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    w.grad = g.to(dtype)
+    normalizer(None, (), {})
+    assert w.grad.dtype == dtype and torch.isfinite(w.grad).all()
+    expected = paper_scale(g.to(dtype).float(), 0.2) * g.to(dtype).float()
+    # one rounding to the dtype, no rounding of the scale to it
+    torch.testing.assert_close(w.grad.float(), expected, rtol=2 ** -8,
+                               atol=0)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(eps=float('inf')), 'eps'),    # every update would be 0
+    (dict(eps=1e-50), 'eps'),           # 0 in float32: 0 * inf = nan
+    (dict(eps=1e300), 'eps'),           # overflows float32 at the step
+    (dict(eta=1e38), 'overflows'),      # eta sqrt(k) overflows float32
+])
+def test_scales_stay_within_float32(kwargs, match):
+    w = nn.Parameter(torch.ones(4, 4, 3, 3))
+    with pytest.raises(ValueError, match=match):
+        AdderGradNormalizer([('w', w, kwargs.get('eta', 0.2))],
+                            eps=kwargs.get('eps', 1e-12))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -543,6 +576,9 @@ def test_frozen_adder_layer_is_skipped():
     (dict(adder_eta=float('nan')), ValueError),
     (dict(adder_eat=0.2), ValueError),
     (dict(adder_eps=0.), ValueError),
+    (dict(adder_eps=float('inf')), ValueError),
+    (dict(adder_eps=1e-50), ValueError),
+    (dict(adder_eta=1e39), ValueError),
     (dict(adder_log='yes'), TypeError),
     (dict(custom_keys={'layer1': dict(adder_eta=0.)}), ValueError),
     (dict(custom_keys={'layer1': dict(adder_log=True)}), ValueError),

@@ -36,9 +36,7 @@ class AdderGradNormalizer:
     """
 
     def __init__(self, params, eps=1e-12, log=False):
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f'AdderGradNormalizer: eps must be a positive '
-                             f'number, got {eps!r}')
+        check_float32_positive(eps, 'AdderGradNormalizer: eps')
         seen = set()
         self.names, self.params, self.etas = [], [], []
         for name, param, eta in params:
@@ -46,6 +44,10 @@ class AdderGradNormalizer:
                 raise TypeError(f'AdderGradNormalizer: {name} is a '
                                 f'{type(param).__name__}, not a tensor')
             _check_eta(eta, name)
+            if not eta * math.sqrt(param.numel()) <= _FLOAT32_MAX:
+                raise ValueError(
+                    f'adder_eta for {name}: eta * sqrt(k) = {eta} * '
+                    f'sqrt({param.numel()}) overflows float32')
             if id(param) in seen:  # a weight shared by two layers
                 continue
             seen.add(id(param))
@@ -145,7 +147,16 @@ class AdderGradNormalizer:
     def __call__(self, optimizer, args, kwargs):
         scales, groups = self._scales()
         for (_, dtype), (_, grads, scale) in groups.items():
-            torch._foreach_mul_(grads, list(scale.to(dtype).unbind(0)))
+            scale = list(scale.unbind(0))
+            if scale[0].dtype == dtype:
+                torch._foreach_mul_(grads, scale)
+            else:
+                # float16/bfloat16: multiply in float32 and round once. The
+                # scale itself can exceed float16 (an all-zero gradient's is
+                # eta sqrt(k) / eps), and 0 * inf is nan.
+                wide = torch._foreach_mul([g.float() for g in grads], scale)
+                for grad, value in zip(grads, wide):
+                    grad.copy_(value)
         self.num_steps += 1
         if self.log:
             from mmengine.logging import MessageHub
@@ -177,8 +188,20 @@ class AdderGradNormalizer:
                 f'log={self.log})')
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
+
+
+def check_float32_positive(value, what):
+    """A positive number that float32 holds as a normal number (the scales
+    are computed in float32: a smaller eps flushes to 0, and 0 * inf is nan;
+    a larger or infinite one overflows or zeroes every update)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not _FLOAT32_TINY <= value <= _FLOAT32_MAX:
+        raise ValueError(f'{what} must be a positive number within float32 '
+                         f'({_FLOAT32_TINY:.3g} to {_FLOAT32_MAX:.3g}), got '
+                         f'{value!r}')
+
+
 def _check_eta(eta, name):
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (
-            math.isfinite(eta) and eta > 0):
-        raise ValueError(f'adder_eta for {name} must be a positive finite '
-                         f'number, got {eta!r}')
+    check_float32_positive(eta, f'adder_eta for {name}')

@@ -8,7 +8,11 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from adder_mm.models.layers import AdderConv2d
 
-from .adder_grad_normalizer import AdderGradNormalizer, _check_eta
+from .adder_grad_normalizer import (
+    AdderGradNormalizer,
+    _check_eta,
+    check_float32_positive,
+)
 
 # Keys this constructor consumes; everything else in paramwise_cfg goes to
 # DefaultOptimWrapperConstructor untouched.
@@ -69,10 +73,7 @@ class AdderOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         self.adder_eta = paramwise_cfg.pop('adder_eta', 0.2)
         _check_eta(self.adder_eta, 'paramwise_cfg')
         self.adder_eps = paramwise_cfg.pop('adder_eps', 1e-12)
-        if isinstance(self.adder_eps, bool) or not isinstance(
-                self.adder_eps, (int, float)) or not self.adder_eps > 0:
-            raise ValueError('paramwise_cfg.adder_eps must be a positive '
-                             f'number, got {self.adder_eps!r}')
+        check_float32_positive(self.adder_eps, 'paramwise_cfg.adder_eps')
         self.adder_log = paramwise_cfg.pop('adder_log', False)
         if not isinstance(self.adder_log, bool):
             raise TypeError('paramwise_cfg.adder_log must be a bool, got '
