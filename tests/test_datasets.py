@@ -92,7 +92,17 @@ def test_config_pipelines_upsample_to_32x32(config):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match='split'):
         SklearnDigits(split='val')
-    with pytest.raises(ValueError, match='test_ratio'):
-        SklearnDigits(test_ratio=1.5)
+    for test_ratio in (1.5, '0.2', None, True):
+        with pytest.raises(ValueError, match='test_ratio'):
+            SklearnDigits(test_ratio=test_ratio)
+    # None seeded from the clock: train and test drew different splits and
+    # shared ~290 of the 359 test images
+    for seed in (None, 1.5, -1, 2**32):
+        with pytest.raises(ValueError, match='seed'):
+            SklearnDigits(seed=seed)
+    # one class of ~180 images keeps none (or all) of them for testing
+    for test_ratio, empty in ((0.001, 'test'), (0.999, 'train')):
+        with pytest.raises(ValueError, match=f'leaves the {empty} split'):
+            SklearnDigits(test_ratio=test_ratio)
     with pytest.raises(ValueError, match='data_root'):
         SklearnDigits(data_root='data/digits')

@@ -30,8 +30,7 @@ def digits_split_indices(labels: np.ndarray, test_ratio: float,
     Returns:
         dict: ``{'train': np.ndarray, 'test': np.ndarray}`` of int64 indices.
     """
-    if not 0.0 < test_ratio < 1.0:
-        raise ValueError(f'test_ratio must be in (0, 1), got {test_ratio!r}')
+    check_split_args(test_ratio, seed)
     rng = np.random.RandomState(seed)
     test = []
     for cls in np.unique(labels):
@@ -40,7 +39,25 @@ def digits_split_indices(labels: np.ndarray, test_ratio: float,
         test.append(members[rng.permutation(len(members))[:n_test]])
     test = np.sort(np.concatenate(test)).astype(np.int64)
     train = np.setdiff1d(np.arange(len(labels)), test).astype(np.int64)
+    for name, split in (('test', test), ('train', train)):
+        if len(split) == 0:
+            raise ValueError(f'test_ratio={test_ratio!r} leaves the {name} '
+                             f'split of {len(labels)} images empty')
     return {'train': train, 'test': test}
+
+
+def check_split_args(test_ratio, seed):
+    """The split's arguments: ``test_ratio`` a number in (0, 1) and ``seed``
+    an int in [0, 2**32) (``None`` would seed from the clock and give the
+    train and test datasets different splits that share images)."""
+    if isinstance(test_ratio, bool) or not isinstance(
+            test_ratio, (int, float)) or not 0.0 < test_ratio < 1.0:
+        raise ValueError(f'test_ratio must be a number in (0, 1), got '
+                         f'{test_ratio!r}')
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < 2**32:
+        raise ValueError(f'seed must be an int in [0, 2**32) (the split is '
+                         f'fixed by it), got {seed!r}')
 
 
 @DATASETS.register_module()
@@ -98,7 +115,7 @@ class SklearnDigits(BaseDataset):
                     f'SklearnDigits reads the data bundled with scikit-learn '
                     f'and takes no {key}')
         # Validate before BaseDataset calls load_data_list.
-        digits_split_indices(np.zeros(2, dtype=np.int64), test_ratio, seed)
+        check_split_args(test_ratio, seed)
         self.split = split
         self.test_ratio = test_ratio
         self.seed = seed
