@@ -220,3 +220,21 @@ def test_bad_arguments():
         AdderResNet_CIFAR(depth=20, conv_cfg='Adder')
     with pytest.raises(TypeError, match='stem_conv_cfg'):
         AdderResNet(depth=18, stem_conv_cfg=dict(kernel_size=3))
+
+
+def test_cifar_num_stages_takes_the_first_stages():
+    """num_stages alone used to keep the 3-stage strides and out_indices,
+    and mmpretrain's bare asserts said nothing; the layout is cut to it."""
+    bb = AdderResNet_CIFAR(depth=20, num_stages=2)
+    assert bb.strides == (1, 2) and bb.out_indices == (1, )
+    assert bb(torch.randn(1, 3, 32, 32))[0].shape == (1, 32, 16, 16)
+    for kwargs, match in [
+            (dict(num_stages=4), 'num_stages must be an int in 1..3'),
+            (dict(num_stages=0), 'num_stages'),
+            (dict(strides=(1, 2)), r'strides \(1, 2\) has 2 entries'),
+            (dict(num_stages=2, dilations=(1, 1, 1)), 'dilations'),
+            (dict(out_indices=(3, )), 'out_indices'),
+            (dict(out_indices=(-1, )), 'out_indices'),  # never matched
+    ]:
+        with pytest.raises(ValueError, match=match):
+            AdderResNet_CIFAR(depth=20, **kwargs)

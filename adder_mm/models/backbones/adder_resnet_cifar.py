@@ -56,7 +56,8 @@ class AdderResNet_CIFAR(AdderStemMixin, ResNet_CIFAR):
         stem_conv_cfg (dict | None): the stem conv; default ``None``
             (nn.Conv2d, as in the paper).
         stem_channels, base_channels, num_stages, strides, dilations,
-        out_indices: ``None`` takes the per-depth layout above.
+        out_indices: ``None`` takes the per-depth layout above; with
+            ``num_stages`` given, its first stages (and the last as output).
         **kwargs: every other mmpretrain ResNet argument (frozen_stages,
             norm_eval, with_cp, zero_init_residual, avg_down,
             drop_path_rate, norm_cfg, ...).
@@ -93,6 +94,29 @@ class AdderResNet_CIFAR(AdderStemMixin, ResNet_CIFAR):
             dilations=dilations,
             out_indices=out_indices)
         layout = {k: defaults[k] if v is None else v for k, v in given.items()}
+        stages = layout['num_stages']
+        blocks = len(self.arch_settings[depth][1])
+        if isinstance(stages, bool) or not isinstance(stages, int) or \
+                not 1 <= stages <= blocks:
+            raise ValueError(f'AdderResNet_CIFAR: num_stages must be an int '
+                             f'in 1..{blocks} for depth {depth}, got '
+                             f'{stages!r}')
+        if num_stages is not None:  # a shorter net: the first stages
+            for key in ('strides', 'dilations'):
+                if given[key] is None:
+                    layout[key] = defaults[key][:stages]
+            if out_indices is None:
+                layout['out_indices'] = (stages - 1, )
+        for key in ('strides', 'dilations'):
+            if len(layout[key]) != stages:
+                raise ValueError(
+                    f'AdderResNet_CIFAR: {key} {tuple(layout[key])} has '
+                    f'{len(layout[key])} entries for {stages} stages')
+        if not all(0 <= i < stages for i in layout['out_indices']):
+            raise ValueError(
+                f'AdderResNet_CIFAR: out_indices '
+                f'{tuple(layout["out_indices"])} must name stages of '
+                f'0..{stages - 1}')
         self.stem_conv_cfg = _check_conv_cfg(stem_conv_cfg, 'stem_conv_cfg')
         super().__init__(
             depth,
