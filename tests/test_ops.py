@@ -244,7 +244,11 @@ def _xw(**kw):
 
 
 BAD_INPUTS = [
-    ('3-D input', dict(xs=(4, 5, 5)), {}, ValueError, 'input must be 4-D'),
+    ('2-D input', dict(xs=(5, 5)), {}, ValueError, 'input must be 4-D'),
+    ('5-D input', dict(xs=(1, 1, 4, 5, 5)), {}, ValueError,
+     'input must be 4-D'),
+    ('unbatched channels', dict(xs=(5, 5, 5)), {}, ValueError,
+     'input has 5 channels but weight expects 4'),
     ('5-D weight', dict(ws=(2, 4, 3, 3, 1)), {}, ValueError,
      'weight must be 4-D'),
     ('channels vs weight', dict(xs=(1, 5, 5, 5)), {}, ValueError,
@@ -297,6 +301,26 @@ def test_bad_input(fn, name, shapes_, conf, exc, match):
     x, w = _xw(**shapes_)
     with pytest.raises(exc, match=match):
         fn(x, w, **conf)
+
+
+@pytest.mark.parametrize('fn', [adder2d, adder2d_reference],
+                         ids=['adder2d', 'reference'])
+def test_unbatched_input_as_conv2d(fn):
+    """[C, H, W] in, [O, Ho, Wo] out, as F.conv2d; the same numbers and
+    gradients as the image in a batch of one."""
+    x, w = _xw(xs=(4, 6, 5))
+    b = torch.randn(2)
+    x3, w3, b3 = (t.clone().requires_grad_() for t in (x, w, b))
+    x4, w4, b4 = (t.clone().requires_grad_() for t in (x, w, b))
+    y3 = fn(x3, w3, b3, stride=(2, 1), padding=1)
+    y4 = fn(x4[None], w4, b4, stride=(2, 1), padding=1)
+    assert y3.shape == F.conv2d(x, w, b, stride=(2, 1), padding=1).shape
+    assert torch.equal(y3, y4[0])
+    g = torch.randn(y3.shape)
+    y3.backward(g)
+    y4[0].backward(g)
+    for a, b_ in ((x3, x4), (w3, w4), (b3, b4)):
+        assert a.grad.shape == a.shape and torch.equal(a.grad, b_.grad)
 
 
 def test_bad_input_not_tensor():

@@ -211,6 +211,14 @@ def test_layer_rejects_bad_arguments():
         q(torch.zeros(1, 3, 5, 5, dtype=torch.uint8))
 
 
+def test_unbatched_input_as_the_float_layer():
+    net = make_net()
+    quantize_model(net, batches(1), num_batches=1)
+    x = batches(1, seed=1)[0]
+    assert isinstance(net.a, QuantAdderConv2d)
+    assert torch.equal(net.a(x[1]), net.a(x[1:2])[0])
+
+
 def test_checkpoint_round_trip_and_atomic_save(tmp_path):
     net = make_net()
     spec = quantize_model(net, batches(2), num_batches=2, bits=6,

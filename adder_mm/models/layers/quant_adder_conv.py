@@ -98,10 +98,12 @@ class QuantAdderConv2d(nn.Module):
                             pad_value=pad).float()
 
     def forward(self, x):
+        if x.dim() == 3:  # unbatched [C, H, W], as the float layer takes it
+            return self(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f'QuantAdderConv2d: expected input [N, {self.in_channels}, H,'
-                f' W], got {tuple(x.shape)}')
+                f' W] or [{self.in_channels}, H, W], got {tuple(x.shape)}')
         if not x.is_floating_point():
             raise TypeError('QuantAdderConv2d: expected a floating point '
                             f'input (it quantizes it), got {x.dtype}')
