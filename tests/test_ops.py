@@ -416,6 +416,22 @@ def test_no_input_channels_gives_empty_sums(fn):
         torch.testing.assert_close(gb, g.sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize('fn', [adder2d, adder2d_reference],
+                         ids=['adder2d', 'reference'])
+def test_no_output_channels_gives_empty_gradients(fn):
+    """O = 0: an empty output, zero input gradient and empty weight and
+    bias gradients (the backward failed in the vendor's weight gradient and
+    in the reference's reshape)."""
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    w = torch.randn(0, 3, 3, 3, requires_grad=True)
+    b = torch.zeros(0, requires_grad=True)
+    y = fn(x, w, b, 1, 1)
+    assert y.shape == (2, 0, 5, 5)
+    (y.sum() + x.sum()).backward()  # x.sum(): x gets a gradient
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert w.grad.shape == w.shape and b.grad.shape == b.shape
+
+
 @needs_ext
 @pytest.mark.parametrize('seed', [1, 4])
 def test_random_arguments_raise_or_run(seed):
@@ -659,6 +675,20 @@ def test_autocast_cpu_bfloat16_computes_float32():
                                              padding=1))
     y.sum().backward()
     assert w.grad.dtype == torch.float32
+
+
+def test_autocast_leaves_float64_and_checks_arguments():
+    """conv2d keeps float64 under autocast; adder2d cast it to float32.
+    A non-tensor argument got an AttributeError from the cast instead of
+    the TypeError the checks give."""
+    x, w = _xw(xd=torch.float64, wd=torch.float64)
+    want = adder2d(x, w)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert F.conv2d(x, w).dtype == torch.float64
+        y = adder2d(x, w)
+        assert y.dtype == torch.float64 and torch.equal(y, want)
+        with pytest.raises(TypeError, match='weight must be a torch.Tensor'):
+            adder2d(x, w.tolist())
 
 
 # ------------------------------------------------------ reference memory

@@ -122,6 +122,41 @@ def test_large_common_offset_float32():
     assert err <= 1e-5 * ref.abs().max().item() + 1e-3
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('where', ['x nan', 'w nan', 'x inf w inf'])
+def test_nan_and_inf_propagate_as_in_the_reference(where, dtype, cpu_isa):
+    """A NaN difference (a NaN in x or w, or inf - inf) makes the forward
+    and grad_X NaN wherever it takes part, as torch.clamp keeps NaN in the
+    reference; AVX-512's one-op clamp gave -1 (and AVX2/portable +1) for
+    it, a finite grad_X. Every other element stays finite and close."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 6, 6, generator=gen, dtype=torch.float64)
+    w = torch.randn(7, 5, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 7, 6, 6, generator=gen, dtype=torch.float64)
+    if 'x nan' in where:
+        x[1, 2, 3, 4] = float('nan')
+    if 'w nan' in where:
+        w[4, 1, 0, 2] = float('nan')
+    if 'inf' in where:
+        x[0, 3, 2, 2] = float('inf')
+        w[5, 3, 1, 1] = float('inf')
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    xd, wd, gd = (t.to(dtype) for t in (x, w, g))
+    y = torch.ops.adder_mm.adder2d_forward(xd, wd, None, *args)
+    gx = torch.ops.adder_mm.adder2d_backward_input(gd, xd, wd, *args)
+    xr = x.clone().requires_grad_()
+    ref = adder2d_reference(xr, w, None, 1, 1)
+    ref.backward(g)
+    for got, want in ((y, ref.detach()), (gx, xr.grad)):
+        assert torch.equal(got.isnan(), want.isnan())
+        assert want.isnan().any() and not want.isnan().all()
+        ok = want.isfinite()
+        assert torch.equal(got.isfinite(), ok)
+        rtol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got[ok].double(), want[ok], rtol=rtol,
+                                   atol=rtol * want[ok].abs().max().item())
+
+
 # ResNet-50 3x3 layers at batch 2: (C, H, W, O); K = 9 * C. layer4.1.conv2
 # (7x7, K = 4608: strips cross images) and layer3.1.conv2 (14x14).
 R50_LAYERS = [(512, 7, 7, 512), (256, 14, 14, 256)]
@@ -299,7 +334,15 @@ def test_isa_from_environment(run_python):
         'except RuntimeError as e:\n'
         '    assert "ADDER_MM_CPU_ISA=sse9" in str(e), e\n'
         '    assert "generic, avx2 or avx512" in str(e), e\n'
-        '    print("ok")\n',
+        'else:\n'
+        '    raise AssertionError("no error")\n'
+        '# an explicit level overrides the bad variable (it kept raising)\n'
+        'best = adder_mm.ops.machine_cpu_isa()\n'
+        'assert adder_mm.ops.set_cpu_isa("generic") == best\n'
+        'assert adder_mm.ops.ext_info()["cpu_isa"] == "generic"\n'
+        'adder_mm.ops.adder2d(torch.randn(1, 1, 3, 3),\n'
+        '                     torch.randn(1, 1, 1, 1))\n'
+        'print("ok")\n',
         env=dict(ADDER_MM_CPU_ISA='sse9'), timeout=120)
 
 

@@ -118,14 +118,19 @@ def _unbatched(x):
     return isinstance(x, torch.Tensor) and x.dim() == 3
 
 
+# What autocast casts: conv2d leaves float64 (and non-floats) as they are.
+_AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _autocast(x, w, b):
-    """Cast like conv2d under autocast (CPU kernels compute in float32)."""
+    """Cast like conv2d under autocast (CPU kernels compute in float32);
+    anything else, non-tensors included, is left to _check_args."""
     dev = getattr(x, 'device', torch.device('cpu')).type  # _check_args types
     if dev not in ('cpu', 'cuda') or not torch.is_autocast_enabled(dev):
         return x, w, b, False
     dtype = torch.get_autocast_dtype(dev) if dev == 'cuda' else torch.float32
-    cast = [t if t is None or not t.is_floating_point() else t.to(dtype)
-            for t in (x, w, b)]
+    cast = [t.to(dtype) if isinstance(t, torch.Tensor)
+            and t.dtype in _AUTOCAST_DTYPES else t for t in (x, w, b)]
     return cast[0], cast[1], cast[2], True
 
 

@@ -78,7 +78,7 @@ def forward(x, w, stride, padding, dilation, groups):
 def grad_weight(grad_out, x, w, stride, padding, dilation, groups):
     """gW[o,k] = sum_p (X_col[k,p] - W[o,k]) * G[o,p] (padded taps count)."""
     n = x.shape[0]
-    if n == 0 or x.shape[1] == 0:
+    if n == 0 or x.shape[1] == 0 or w.shape[0] == 0:
         return torch.zeros_like(w)
     o = w.shape[0]
     og = o // groups
@@ -102,7 +102,7 @@ def grad_weight(grad_out, x, w, stride, padding, dilation, groups):
 def grad_input(grad_out, x, w, stride, padding, dilation, groups):
     """gX = fold(sum_o clamp(W[o,k] - X_col[k,p], -1, 1) * G[o,p])."""
     n, c, h, wd = x.shape
-    if n == 0 or c == 0:
+    if n == 0 or c == 0 or w.shape[0] == 0:
         return torch.zeros_like(x)
     o, _, kh, kw = w.shape
     og = o // groups

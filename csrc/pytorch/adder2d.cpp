@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> adder2d_backward_weight(
   const auto g = grad_out.contiguous();
   const auto w = weight.contiguous();
   at::Tensor gsum = g.sum({0, 2, 3}, /*keepdim=*/false, acc);
-  if (p.C == 0) {  // an empty weight: nothing for the vendor to compute
+  if (p.C == 0 || p.O == 0) {  // an empty weight: nothing for the vendor
     return {at::empty_like(w), gsum.to(grad_out.scalar_type())};
   }
   at::Tensor gw = std::get<1>(at::convolution_backward(

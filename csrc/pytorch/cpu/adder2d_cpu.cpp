@@ -920,9 +920,15 @@ void forward_impl(const T* x, const T* w, T* y, const Adder2dParams& p) {
 
 template <typename T>
 void backward_input_impl(const T* go, const T* x, const T* w, T* gx,
-                         const Adder2dParams& p) {
-  const KernelTable<T> kt = kernels<T>();
+                         const Adder2dParams& p, cpu::Isa isa) {
+  const KernelTable<T> kt = Tables<T>::get(isa);
   ADDER_DISPATCH_NR(kt.nr, backward_input_nr<T, kNR>(kt, go, x, w, gx, p));
+}
+
+// Whether every element is finite (a sum is NaN or inf otherwise; a finite
+// sum that overflows only gives a false alarm).
+bool all_finite(const at::Tensor& t) {
+  return t.numel() == 0 || at::isfinite(t.sum()).item<bool>();
 }
 
 #undef ADDER_DISPATCH_NR
@@ -953,11 +959,22 @@ void adder2d_backward_input_cpu(const at::Tensor& grad_out,
                                 const at::Tensor& input,
                                 const at::Tensor& weight, at::Tensor& grad_in,
                                 const Adder2dParams& p) {
+  // A NaN difference (a NaN in x or w, or inf - inf) must reach exactly
+  // the pixels whose terms it is in, as in the reference (torch.clamp keeps
+  // NaN). AVX-512's one-op clamp makes it +-1, and the virtual grid's
+  // dropped columns (grad_out 0) fold 0 * NaN = NaN into pixels no real
+  // position reads with that tap. The portable level has neither, so such
+  // calls run there (slower; the loss is NaN by then anyway). The two sums
+  // cost one read of x and w, next to O / groups reads of each im2col
+  // element in the tiles.
+  cpu::Isa isa = cpu::active_isa();
+  if (!(all_finite(input) && all_finite(weight))) isa = cpu::Isa::kGeneric;
   AT_DISPATCH_FLOATING_TYPES(
       input.scalar_type(), "adder2d_backward_input_cpu", [&] {
         backward_input_impl<scalar_t>(
             grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),
-            weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), p);
+            weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), p,
+            isa);
       });
 }
 

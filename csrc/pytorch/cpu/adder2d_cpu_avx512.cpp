@@ -66,6 +66,8 @@ struct OpsF {
   // vrangeps, imm 0b0010: of d and 1 the one with the smaller magnitude,
   // with d's sign: exactly min(max(d, -1), 1) for every non-NaN d (checked
   // over +-0, +-1, +-inf and both sides of 1), in one op instead of two.
+  // A NaN d gives +-1 (vrangeps returns the other operand): calls whose x
+  // or w is not all finite run on the portable tiles (adder2d_cpu.cpp).
   static V clamp1(V d) { return _mm512_range_ps(d, _mm512_set1_ps(1.0f), 2); }
 };
 

@@ -31,7 +31,8 @@ struct OpsVec {
   static V abs(V a) { return a < 0 ? -a : a; }
   static V min(V a, V b) { return a < b ? a : b; }
   static V max(V a, V b) { return a > b ? a : b; }
-  static V clamp1(V d) { return min(max(d, set1(T(-1))), set1(T(1))); }
+  // Constant first: a NaN d fails both compares and passes through.
+  static V clamp1(V d) { return min(set1(T(1)), max(set1(T(-1)), d)); }
   static V fnmadd(V a, V b, V c) { return c - a * b; }
 };
 

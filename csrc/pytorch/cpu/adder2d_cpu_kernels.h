@@ -23,7 +23,8 @@
 //                    rounds once either way) and may read *p straight from
 //                    memory (AVX-512 embedded broadcast) instead of from a
 //                    broadcast register;
-//   clamp1(d)        min(max(d, -1), 1), exact (one op on AVX-512).
+//   clamp1(d)        min(max(d, -1), 1), exact (one op on AVX-512); the
+//                    portable level keeps a NaN d (adder2d_cpu.cpp).
 #pragma once
 #include <cstdint>
 

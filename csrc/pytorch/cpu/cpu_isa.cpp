@@ -81,9 +81,16 @@ Isa active_isa() {
 }
 
 Isa set_isa(Isa cap) {
-  const Isa before = active_isa();
-  g_active.store(static_cast<int>(std::min(cap, machine_isa())));
-  return before;
+  const int before =
+      g_active.exchange(static_cast<int>(std::min(cap, machine_isa())));
+  if (before >= 0) return static_cast<Isa>(before);
+  // Not read yet: what the environment would have set. A bad
+  // ADDER_MM_CPU_ISA is overridden by this call, not raised by it.
+  try {
+    return initial();
+  } catch (const c10::Error&) {
+    return machine_isa();
+  }
 }
 
 }  // namespace cpu
