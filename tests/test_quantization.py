@@ -200,10 +200,13 @@ def test_bad_input_changes_nothing():
 
 
 def test_layer_rejects_bad_arguments():
-    with pytest.raises(ValueError, match='bits must be 2..8'):
+    with pytest.raises(ValueError, match='bits must be an int in 2..8'):
         QuantAdderConv2d(3, 4, 3, bits=9)
     with pytest.raises(ValueError, match='num_groups'):
         QuantAdderConv2d(3, 4, 3, num_groups=5)
+    for kwargs in (dict(bits=8.0), dict(num_groups=2.0), dict(bits=True)):
+        with pytest.raises(ValueError, match='must be an int'):
+            QuantAdderConv2d(3, 4, 3, **kwargs)
     q = QuantAdderConv2d(3, 4, 3)
     with pytest.raises(ValueError, match=r'expected input \[N, 3'):
         q(torch.zeros(1, 2, 5, 5))
@@ -217,6 +220,100 @@ def test_unbatched_input_as_the_float_layer():
     x = batches(1, seed=1)[0]
     assert isinstance(net.a, QuantAdderConv2d)
     assert torch.equal(net.a(x[1]), net.a(x[1:2])[0])
+
+
+def test_grouped_keeps_conv_groups_whole():
+    """Clusters across conv groups summed channels against the wrong input
+    group (errors of 1.6 where 8 bits give 0.04) or, depthwise, failed;
+    a layer with conv groups keeps one cluster."""
+    torch.manual_seed(0)
+    layer = AdderConv2d(4, 4, 3, padding=1, groups=2)
+    w = torch.rand(4, 2, 3, 3)
+    w[:2] *= 0.5
+    w[2:] = w[2:] * 0.5 + 1.5
+    layer.weight.data.copy_(w)
+    net = nn.Sequential(layer).eval()
+    x = torch.rand(2, 4, 6, 6) * 2
+    x[:, :2] *= 0.01
+    ref = net(x)
+    quantize_model(net, [x], num_batches=1, method='grouped', num_groups=2,
+                   act_percentile=100., bias_correction=False)
+    assert net[0].num_groups == 1
+    assert (net(x) - ref).abs().max() < 0.1
+    depthwise = nn.Sequential(AdderConv2d(8, 8, 3, padding=1, groups=8))
+    x = torch.randn(2, 8, 6, 6)
+    ref = depthwise.eval()(x)
+    quantize_model(depthwise, [x], num_batches=1, method='grouped')
+    assert (depthwise(x) - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize('where', ['input nan', 'input inf', 'weight nan'])
+def test_non_finite_values_are_refused(where):
+    """A NaN in the calibration data was dropped by min/max and left a NaN
+    bias (every output NaN) or a wrong range; an inf failed in the grid."""
+    net = make_net()
+    x = batches(1)[0]
+    if where == 'input nan':
+        x[0, 0, 0, 0] = float('nan')
+    elif where == 'input inf':
+        x[1, 2, 3, 4] = float('inf')
+    else:
+        net.b.weight.data[0, 0, 0, 0] = float('nan')
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    layer = 'b' if where == 'weight nan' else 'a'
+    with pytest.raises(CalibrationError, match=f'adder layer {layer} .*NaN'):
+        quantize_model(net, [x], num_batches=1)
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num())
+               for k in before)
+    assert isinstance(net.a, AdderConv2d) and isinstance(net.b, AdderConv2d)
+
+
+def test_calibration_batches_of_plain_loaders():
+    """A TensorDataset's [x] and (images, labels) batches feed their first
+    item; anything else is named, with the way out (forward=)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    data = TensorDataset(torch.randn(8, 3, 10, 12), torch.zeros(8))
+    for loader in (DataLoader(TensorDataset(data.tensors[0]), batch_size=4),
+                   DataLoader(data, batch_size=4)):
+        net = make_net()
+        quantize_model(net, loader, num_batches=2)
+        assert isinstance(net.a, QuantAdderConv2d)
+    net = make_net()
+    with pytest.raises(CalibrationError, match='batch is a ndarray.*forward='):
+        quantize_model(net, [batches(1)[0].numpy()], num_batches=1)
+    assert isinstance(net.a, AdderConv2d)
+
+
+def test_other_dtypes_run_after_quantization():
+    """A float64 model ran its float layers in float64 on the quantized
+    layers' float32 outputs (BatchNorm refused); .half() of a quantized
+    model cast the integer kernel's float32 arguments."""
+    net = make_net().double()
+    x = batches(1)[0].double()
+    ref = net(x)
+    quantize_model(net, [x], num_batches=1)
+    y = net(x)
+    assert y.dtype == torch.float64
+    assert (y - ref).abs().max() < 0.02 * ref.abs().max()
+    net.bfloat16()
+    assert net.a.scale.dtype == torch.float32
+    assert net.a.qweight.dtype == torch.uint8
+    assert net(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('spec', [
+    'int8', dict(bits=8, layers=['a']), dict(bits=8, layers={'a': 'x'}),
+    dict(bits=8, layers={'a': 0}), dict(bits=9, layers={'a': 1})])
+def test_damaged_spec_is_named(spec):
+    """A quantized checkpoint's spec edited or damaged: a CalibrationError
+    (which the tools print as an error line), and the model unchanged."""
+    net = make_net()
+    with pytest.raises(CalibrationError,
+                       match='damaged|num_groups|bits must be'):
+        convert_structure(net, spec)
+    assert isinstance(net.a, AdderConv2d)
 
 
 def test_checkpoint_round_trip_and_atomic_save(tmp_path):
@@ -299,12 +396,16 @@ def test_quantize_tool_refusals(trained, tmp_path, tool):
         ([CNN_CFG, ckpt], 'saved from an AdderNet (20 adder layers)'),
         ([ADDER_CFG, ckpt, '--bits', '9'], 'invalid choice'),
         ([ADDER_CFG, ckpt, '--method', 'torch-ao'], 'has adder layers'),
+        # checked before any work (it failed after the three evaluations)
+        ([ADDER_CFG, ckpt, '--out', str(tmp_path)], 'is a folder'),
+        ([ADDER_CFG, ckpt, '--out', str(tmp_path / 'no' / 'q.pth')],
+         'no folder'),
     ]
     for args, message in cases:
         proc = tool([osp.join('tools', 'quantize.py')] + args +
-                    ['--work-dir', str(tmp_path / 'w2'), '--out',
-                     str(tmp_path / 'never.pth')] *
-                    (args[-1] != 'torch-ao'))
+                    ['--work-dir', str(tmp_path / 'w2')] +
+                    ['--out', str(tmp_path / 'never.pth')] *
+                    (args[-1] != 'torch-ao' and '--out' not in args))
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert message in proc.stderr, (args, proc.stderr[-2000:])
         assert 'Traceback' not in proc.stderr
@@ -381,3 +482,19 @@ def test_bias_correction_cancels_the_mean_error():
                                 for x, y in zip(calib, ref)]).mean(0)
     assert errs[True].abs().max() < 1e-3 * errs[False].abs().max() + 1e-4
     assert errs[False].abs().max() > 0.05
+
+
+def test_quant_sweep_checks_its_outputs_and_inputs_first(tmp_path, tool):
+    """A broken --markdown file or a seed without a checkpoint used to stop
+    the sweep after the quantize runs before it; now before any."""
+    sweep = osp.join('tools', 'analysis_tools', 'quant_sweep.py')
+    broken = tmp_path / 'broken.md'
+    broken.write_text('<!-- quant-accuracy:begin -->\nno end marker\n')
+    proc = tool([sweep, ADDER_CFG, '--seeds-dir', str(tmp_path / 'none'),
+                 '--markdown', str(broken)])
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'one marker without the other' in proc.stderr, proc.stderr
+    proc = tool([sweep, ADDER_CFG, '--seeds-dir', str(tmp_path / 'none'),
+                 '--seeds', '0', '--markdown', str(tmp_path / 'ok.md')])
+    assert proc.returncode == 1 and 'no trained checkpoint' in proc.stderr
+    assert not (tmp_path / 'ok.md').exists()

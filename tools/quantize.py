@@ -27,6 +27,7 @@ from adder_mm.apis import (
     cfg_options_action,
     check_checkpoint,
     check_config_path,
+    check_out_path,
     run_tool,
 )
 
@@ -65,6 +66,7 @@ def parse_args(argv=None):
                         help='override config entries, key=value')
     args = parser.parse_args(argv)
     check_config_path(parser, args.config)
+    check_out_path(parser, args.out)
     if args.calib_batches < 1:
         parser.error('--calib-batches must be >= 1')
     if args.groups < 1:
@@ -132,10 +134,12 @@ def main(argv=None):
             float_metrics=float_metrics, quant_metrics=quant_metrics))
     f, q = top1(float_metrics), top1(quant_metrics)
     bc = '' if spec.get('bias_correction', True) else ', no bias correction'
+    scores = (f'top-1 float {f:.2f}, quantized {q:.2f} ({q - f:+.2f})'
+              if f is not None and q is not None else
+              f'float {float_metrics}, quantized {quant_metrics}')
     runner.logger.info(
         f'quantized {args.config} ({spec["method"]}{bc}, {spec["bits"]}-bit, '
-        f'{spec["calib_batches"]} calibration batches): top-1 float '
-        f'{f:.2f}, quantized {q:.2f} ({q - f:+.2f})' +
+        f'{spec["calib_batches"]} calibration batches): {scores}' +
         (f'; saved {args.out}' if args.out else
          ' (not saved: pass --out FILE to keep it)'
          if args.method != 'torch-ao' else ''))

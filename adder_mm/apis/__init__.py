@@ -11,6 +11,7 @@ from .runner import (
                      bare_model,
                      build_runner,
                      check_config_path,
+                     check_out_path,
                      has_adder_layers,
                      load_config,
                      prepare_cpu_distributed,
@@ -21,7 +22,7 @@ __all__ = [
     'ToolError', 'add_default_hooks', 'apply_cfg_options', 'bare_model',
     'build_runner',
     'cfg_options_action', 'check_cfg_options', 'check_checkpoint',
-    'check_config_path',
+    'check_config_path', 'check_out_path',
     'has_adder_layers',
     'load_config', 'prepare_cpu_distributed', 'prepare_data_roots',
     'read_checkpoint', 'run_tool'

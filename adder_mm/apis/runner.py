@@ -1,6 +1,7 @@
 """Building MMEngine's Runner for the tools: config, command line, the
 checks that run before anything is built, and the hooks every adder_mm
 training run gets."""
+import os
 import os.path as osp
 import sys
 
@@ -58,6 +59,22 @@ def check_config_path(parser, path):
         parser.error(f'config file not found: {path!r} (looked in '
                      f'{osp.abspath(path)!r}; configs live under configs/, '
                      'e.g. configs/adder_r20_digits.py)')
+
+
+def check_out_path(parser, path, option='--out'):
+    """Exit through argparse when an output file could not be written at
+    the end of a run: the path is a folder, or its folder is missing or
+    not writable."""
+    if path is None:
+        return
+    folder = osp.dirname(osp.abspath(path))
+    if osp.isdir(path):
+        parser.error(f'{option} {path!r} is a folder; give a file name')
+    if not osp.isdir(folder):
+        parser.error(f'{option} {path!r}: no folder {folder!r}')
+    if not os.access(folder, os.W_OK):
+        parser.error(f'{option} {path!r}: folder {folder!r} is not '
+                     'writable')
 
 
 def apply_cfg_options(cfg, options):

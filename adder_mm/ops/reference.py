@@ -11,19 +11,24 @@ import torch.nn.functional as F
 _CHUNK_ELEMS = 1 << 22
 
 
+def _is_int(i):
+    """An int that fits the kernels' int32 geometry (not a bool)."""
+    return isinstance(i, int) and not isinstance(i, bool) and \
+        -2**31 < i < 2**31
+
+
 def _pair(v, name, op='adder2d'):
-    if isinstance(v, int):
+    if _is_int(v):
         return (v, v)
-    if not isinstance(v, (tuple, list)):  # tuple(2.0) would say 'not iterable'
+    pair = tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(pair) == 1:
+        pair = pair * 2  # then type-checked below like a pair
+    if len(pair) != 2 or not all(_is_int(i) for i in pair):
+        # (a tuple(v) of 2.0 would have said 'not iterable')
         raise ValueError(f'{op}: {name} must be an int or a pair of ints, '
-                         f'got {v!r}')
-    v = tuple(v)
-    if len(v) == 1:
-        v = v * 2  # then type-checked below like a pair
-    if len(v) != 2 or not all(isinstance(i, int) for i in v):
-        raise ValueError(f'{op}: {name} must be an int or a pair of ints, '
-                         f'got {v!r}')
-    return v
+                         f'got {pair if len(pair) == 2 else v!r} (ints, '
+                         'not bools, below 2**31)')
+    return pair
 
 
 def out_size(in_size, k, stride, pad, dil):

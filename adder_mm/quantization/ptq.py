@@ -12,7 +12,9 @@ Two methods (``method``):
   the bias; with a ReLU input, a = 0 and every negative weight becomes 0), and
   the output channels are clustered by their weights' range into groups with
   a grid each, the part of the input outside a group's grid being summed
-  exactly on the activation grid (see QuantAdderConv2d).
+  exactly on the activation grid (see QuantAdderConv2d). A layer with conv
+  ``groups`` > 1 (depthwise, grouped) keeps its channels in one cluster: a
+  cluster must hold whole conv groups in their order.
 """
 import torch
 
@@ -36,7 +38,8 @@ def adder_layers(model):
 class _InputStats:
     """Minimum, maximum and a uniform random sample of a layer's inputs."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, name=''):
+        self.name = name
         self.min, self.max, self.seen = float('inf'), float('-inf'), 0
         self.sample = []
         self.gen = torch.Generator().manual_seed(seed)
@@ -45,6 +48,11 @@ class _InputStats:
         x = inputs[0].detach()
         if x.numel() == 0:
             return
+        if not torch.isfinite(x).all():
+            raise CalibrationError(
+                f'quantize: the input of adder layer {self.name} holds NaN '
+                'or inf during calibration (check the data and the float '
+                'model)')
         self.min = min(self.min, float(x.min()))
         self.max = max(self.max, float(x.max()))
         flat = x.reshape(-1).float().cpu()
@@ -63,10 +71,20 @@ class _InputStats:
 
 def default_forward(model, batch):
     """One calibration forward: MMEngine models take a data batch through
-    their data preprocessor; other modules take a tensor."""
+    their data preprocessor; other modules take a tensor, or the first item
+    of a tuple or list (``(images, labels)``, a TensorDataset's batch)."""
     if hasattr(model, 'data_preprocessor') and isinstance(batch, dict):
         data = model.data_preprocessor(batch, False)
         return model(**data, mode='tensor')
+    if isinstance(batch, (tuple, list)) and batch and \
+            isinstance(batch[0], torch.Tensor):
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise CalibrationError(
+            f'quantize: a calibration batch is a {type(batch).__name__}, '
+            'which the default forward cannot feed to the model (it takes '
+            'a tensor, a tuple or list starting with one, or a dict for an '
+            'MMEngine model); pass forward=lambda model, batch: ...')
     return model(batch)
 
 
@@ -77,7 +95,7 @@ def calibrate(model, batches, num_batches, forward=default_forward, seed=0,
     returns ({layer name: input statistics} of its adder layers, the number
     of batches used, the first ``keep`` batches)."""
     layers = adder_layers(model)
-    stats = {name: _InputStats(seed + i) for i, (name, _) in
+    stats = {name: _InputStats(seed + i, name) for i, (name, _) in
              enumerate(layers)}
     handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
     was_training = model.training
@@ -200,7 +218,7 @@ def plan_layer(layer, stats, bits, method, num_groups, act_percentile):
         const = (w - clamped).abs().flatten(1).sum(1)
         flat = clamped.flatten(1)
         groups = _cluster_channels(flat.min(1).values, flat.max(1).values,
-                                   num_groups)
+                                   num_groups if layer.groups == 1 else 1)
         ranges = []
         for idx in groups:
             glo, ghi = float(flat[idx].min()), float(flat[idx].max())
@@ -277,7 +295,8 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
     if method not in METHODS:
         raise CalibrationError(f'quantize: method must be one of {METHODS}, '
                                f'got {method!r}')
-    if not isinstance(num_groups, int) or num_groups < 1:
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or \
+            num_groups < 1:
         raise CalibrationError('quantize: num_groups must be a positive int, '
                                f'got {num_groups!r}')
     if not 50. < act_percentile <= 100.:
@@ -294,6 +313,11 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
         raise CalibrationError(
             'quantize: the model has no adder layers (AdderConv2d) to '
             "quantize; a CNN is quantized with torch.ao ('torch-ao')")
+    for name, m in layers:
+        params = [m.weight] + ([m.bias] if m.bias is not None else [])
+        if not all(torch.isfinite(p).all() for p in params):
+            raise CalibrationError(f'quantize: adder layer {name} has NaN or '
+                                   'inf weights or bias')
     stats, used, kept = calibrate(model, batches, num_batches, forward,
                                   keep=2 if bias_correction else 0)
     planned = {name: plan_layer(m, stats[name], bits, method, num_groups,
@@ -315,8 +339,17 @@ def convert_structure(model, spec):
 
     Raises:
         CalibrationError: a layer of the spec is not an AdderConv2d of
-        ``model`` (the checkpoint belongs to another model).
+        ``model`` (the checkpoint belongs to another model), or the spec
+        is damaged.
     """
+    layers = spec.get('layers') if isinstance(spec, dict) else None
+    if not isinstance(layers, dict) or not all(
+            isinstance(n, str) and isinstance(g, int)
+            and not isinstance(g, bool) for n, g in layers.items()):
+        raise CalibrationError(
+            "the quantized checkpoint's spec is damaged: expected a dict "
+            "with 'bits' and 'layers' {layer name: number of groups}, got "
+            f'{spec!r:.200}')
     check_bits(spec.get('bits'))
     modules = dict(model.named_modules())
     missing = [n for n in spec['layers']
@@ -326,10 +359,17 @@ def convert_structure(model, spec):
             'the quantized checkpoint names adder layers this model does not '
             f'have: {", ".join(missing[:6])}' +
             (' ...' if len(missing) > 6 else ''))
-    for name, groups in spec['layers'].items():
+    quantized = {}
+    for name, groups in layers.items():
         m = modules[name]
-        q = QuantAdderConv2d(m.in_channels, m.out_channels, m.kernel_size,
-                             m.stride, m.padding, m.dilation, m.groups,
-                             bits=spec['bits'], num_groups=int(groups))
-        _set_module(model, name, q.to(m.weight.device))
+        try:
+            quantized[name] = QuantAdderConv2d(
+                m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                m.padding, m.dilation, m.groups, bits=spec['bits'],
+                num_groups=groups).to(m.weight.device)
+        except ValueError as e:
+            raise CalibrationError(f'the quantized checkpoint, layer {name}: '
+                                   f'{e}') from None
+    for name, q in quantized.items():  # all or nothing
+        _set_module(model, name, q)
     return model

@@ -38,7 +38,7 @@ def calibration_loader(cfg, seed=0):
 def quantized_spec(checkpoint):
     """The quantization spec of a loaded checkpoint, or None (float)."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    return (meta or {}).get(CHECKPOINT_KEY)
+    return meta.get(CHECKPOINT_KEY) if isinstance(meta, dict) else None
 
 
 def prepare_for_checkpoint(model, checkpoint):

@@ -33,6 +33,17 @@ def read_section(text, name):
     return text.split(begin, 1)[1].split(end, 1)[0].strip('\n')
 
 
+def check_section(path, name):
+    """Raise ValueError now if ``write_section(path, name, ...)`` would
+    fail at the end of a long run (a marker without its pair, no folder)."""
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise ValueError(f'{path!r}: no folder {folder!r}')
+    if osp.isfile(path):
+        with open(path) as f:
+            replace_section(f.read(), name, '')
+
+
 def write_section(path, name, body):
     """Write ``body`` into section ``name`` of the markdown file ``path``
     (created if missing)."""

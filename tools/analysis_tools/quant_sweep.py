@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from adder_mm.utils.machine import describe
-from adder_mm.utils.markdown import write_section
+from adder_mm.utils.markdown import check_section, write_section
 
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -81,6 +81,15 @@ def mean_std(values):
 
 def main(argv=None):
     args = parse_args(argv)
+    # What would stop the sweep at its end or midway, checked first.
+    if args.markdown:
+        try:
+            check_section(args.markdown, args.section)
+        except ValueError as e:
+            sys.exit(f'quant_sweep.py: --markdown {e}')
+    for seed in args.seeds:
+        for config in filter(None, (args.config, args.cnn)):
+            checkpoint(args.seeds_dir, config, seed)
     rows = {}  # label -> {'adder': [...], 'cnn': [...]}
     for seed in args.seeds:
         ckpt = checkpoint(args.seeds_dir, args.config, seed)

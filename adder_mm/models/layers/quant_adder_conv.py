@@ -43,19 +43,25 @@ class QuantAdderConv2d(nn.Module):
     the identity); group_sizes int64 [G]; lo, scale float32 [G]; out_bias
     float32 [O] in group order; act_lo, act_hi, rem_scale float32 [].
 
-    Shapes: input [N, C, H, W] float -> output [N, O, Ho, Wo] float32
-    (channels_last on CPU).
+    Shapes: input [N, C, H, W] (or [C, H, W]) float -> output [N, O, Ho,
+    Wo] in the input's dtype, computed in float32 (channels_last on CPU).
+    The float buffers stay float32 when the module is cast (``.half()``,
+    ``.double()``): they are the integer kernel's arguments.
     """
+
+    _FLOAT32_BUFFERS = ('lo', 'scale', 'out_bias', 'act_lo', 'act_hi',
+                        'rem_scale')
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, dilation=1, groups=1, bits=8, num_groups=1):
         super().__init__()
-        if not 2 <= bits <= 8:
-            raise ValueError(f'QuantAdderConv2d: bits must be 2..8, got '
-                             f'{bits}')
-        if not 1 <= num_groups <= out_channels:
-            raise ValueError(f'QuantAdderConv2d: num_groups must be 1..'
-                             f'{out_channels}, got {num_groups}')
+        for name, value, top in (('bits', bits, 8),
+                                 ('num_groups', num_groups, out_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not (2 if name == 'bits' else 1) <= value <= top:
+                raise ValueError(
+                    f'QuantAdderConv2d: {name} must be an int in '
+                    f'{2 if name == "bits" else 1}..{top}, got {value!r}')
         set_window_geometry(self, in_channels, out_channels, kernel_size,
                             stride, padding, dilation, groups)
         self.bits = bits
@@ -76,6 +82,14 @@ class QuantAdderConv2d(nn.Module):
         self.register_buffer('act_lo', torch.tensor(0.))
         self.register_buffer('act_hi', torch.tensor(0.))
         self.register_buffer('rem_scale', torch.tensor(0.))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in self._FLOAT32_BUFFERS:
+            buf = getattr(self, name)
+            if buf.dtype != torch.float32:
+                setattr(self, name, buf.float())
+        return self
 
     @property
     def qmax(self):
@@ -107,7 +121,7 @@ class QuantAdderConv2d(nn.Module):
         if not x.is_floating_point():
             raise TypeError('QuantAdderConv2d: expected a floating point '
                             f'input (it quantizes it), got {x.dtype}')
-        x = x.float()
+        dtype, x = x.dtype, x.float()
         qmax, outs, start = self.qmax, [], 0
         if self.num_groups > 1 or float(self.rem_scale) > 0:
             # (One grid over the whole range clamps x itself below.)
@@ -145,4 +159,4 @@ class QuantAdderConv2d(nn.Module):
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         if self.num_groups > 1:
             y = y[:, torch.argsort(self.perm)]
-        return y
+        return y.to(dtype)
