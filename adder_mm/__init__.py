@@ -25,8 +25,12 @@ if importlib.util.find_spec('mmengine') is not None:
         category=UserWarning)
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
                             category=UserWarning)
-    from .utils import register_checkpoint_safe_globals
+    from .utils import (
+        register_checkpoint_safe_globals,
+        register_safe_url_loader,
+    )
     register_checkpoint_safe_globals()
+    register_safe_url_loader()
     from . import engine, models  # noqa: F401,E402  (registration)
     __all__ += ['engine', 'models']
     if importlib.util.find_spec('mmpretrain') is not None:

@@ -292,6 +292,51 @@ def test_mmengine_loaders_refuse_other_callables(tmp_path, kind):
     assert not marker.exists()
 
 
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A local HTTP server for tmp_path/served, and torch.hub's cache in
+    tmp_path/hub: ``served(name) -> URL``."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'served'
+    root.mkdir()
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield lambda name: f'http://127.0.0.1:{server.server_port}/{name}'
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_checkpoints_load_safely(tmp_path, served):
+    """MMEngine loads http(s) checkpoints through torch.hub, whose default
+    is weights_only=False: a served file ran code. adder_mm replaces that
+    loader, and the tools' check downloads and checks a URL like a file."""
+    from adder_mm.apis import ToolError, read_checkpoint
+    path, marker, match = _evil_checkpoint(tmp_path, 'os.system')
+    os.replace(path, tmp_path / 'served' / 'evil.pth')
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        CheckpointLoader.load_checkpoint(served('evil.pth'),
+                                         map_location='cpu')
+    with pytest.raises(ToolError, match='evil.pth.*safe loader'):
+        read_checkpoint(served('evil.pth'))
+    assert not marker.exists()
+    torch.save({'state_dict': {'w': torch.ones(2)}},
+               tmp_path / 'served' / 'good.pth')
+    assert torch.equal(read_checkpoint(served('good.pth'))['state_dict']['w'],
+                       torch.ones(2))
+    loaded = CheckpointLoader.load_checkpoint(served('good.pth'),
+                                              map_location='cpu')
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
+    with pytest.raises(ToolError, match='could not be downloaded'):
+        read_checkpoint(served('missing.pth'))
+
+
 # ------------------------------------------------------ the allow-list
 def test_allow_list_is_exact():
     try:

@@ -7,6 +7,8 @@ import re
 
 import torch
 
+from adder_mm.utils import URL_PREFIXES, url_cache_path
+
 from .errors import ToolError
 
 # How torch.save's two formats begin: a zip archive, or (legacy format,
@@ -24,8 +26,19 @@ def read_checkpoint(path, what='checkpoint'):
     Raises:
         ToolError: naming the problem (``what`` names the file's role).
     """
-    if '://' in str(path):
-        return None  # remote files are left to MMEngine's loaders
+    url = str(path)
+    if url.startswith(URL_PREFIXES):
+        # Downloaded where MMEngine's loader will find it, then checked
+        # like a local file.
+        path = url_cache_path(url)
+        if not osp.exists(path):
+            try:
+                torch.hub.download_url_to_file(url, path, progress=False)
+            except Exception as e:  # noqa: BLE001 (urllib raises many)
+                raise ToolError(f'{what} {url!r} could not be downloaded: '
+                                f'{type(e).__name__}: {e}') from None
+    elif '://' in url:
+        return None  # other remote schemes are left to MMEngine's loaders
     if not osp.exists(path):
         raise ToolError(f'{what} not found: {path!r}')
     if osp.isdir(path):

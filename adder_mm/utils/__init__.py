@@ -1,9 +1,13 @@
 from .checkpoint import (
+    URL_PREFIXES,
     checkpoint_safe_globals,
     register_checkpoint_safe_globals,
+    register_safe_url_loader,
     save_atomic,
+    url_cache_path,
 )
 from .fileio import write_atomic
 
-__all__ = ['checkpoint_safe_globals', 'register_checkpoint_safe_globals',
-           'save_atomic', 'write_atomic']
+__all__ = ['URL_PREFIXES', 'checkpoint_safe_globals',
+           'register_checkpoint_safe_globals', 'register_safe_url_loader',
+           'save_atomic', 'url_cache_path', 'write_atomic']

@@ -68,6 +68,49 @@ def register_checkpoint_safe_globals():
         add(checkpoint_safe_globals())
 
 
+URL_PREFIXES = ('http://', 'https://')
+
+
+def url_cache_path(url):
+    """Where torch.hub (and so MMEngine) keeps a downloaded checkpoint:
+    ``<hub dir>/checkpoints/<file name of the URL>``."""
+    import os.path as osp
+    from urllib.parse import urlparse
+    return osp.join(torch.hub.get_dir(), 'checkpoints',
+                    osp.basename(urlparse(url).path))
+
+
+def load_url_safely(filename, map_location=None, model_dir=None,
+                    progress=False):
+    """MMEngine's http(s) checkpoint loader with ``weights_only=True``: it
+    calls torch.hub's ``load_state_dict_from_url``, whose default is
+    ``weights_only=False`` (a served file could run code). Rank 0
+    downloads first, as MMEngine's does."""
+    from mmengine.dist import get_dist_info
+
+    def load():
+        return torch.hub.load_state_dict_from_url(
+            filename, model_dir=model_dir, map_location=map_location,
+            progress=progress, weights_only=True)
+
+    rank, world = get_dist_info()
+    checkpoint = load() if rank == 0 else None
+    if world > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            checkpoint = load()
+    return checkpoint
+
+
+def register_safe_url_loader():
+    """Replace MMEngine's http(s) checkpoint loader by
+    :func:`load_url_safely` (``load_from``, ``--resume``, ``init_cfg``
+    pretrained weights given as URLs)."""
+    from mmengine.runner import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes=URL_PREFIXES,
+                                     force=True)(load_url_safely)
+
+
 def save_atomic(obj, path):
     """``torch.save(obj, path)`` through :func:`write_atomic`."""
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
