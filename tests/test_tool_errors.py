@@ -282,6 +282,26 @@ def test_dataset_problems_reported_at_once_without_download(state,
     assert not (tmp_path / 'work_dirs').exists()  # no Runner was built
 
 
+def test_complete_cifar_folder_passes(tmp_path):
+    """The archive layout has no split folders: a complete CIFAR-10 folder
+    was refused with 'no train/ folder in it'."""
+    from adder_mm.apis.data_roots import _expected_files, _registered_class
+    cfg_file = tmp_path / 'cifar.py'
+    cfg_file.write_text(CIFAR_USER_CFG)
+    cfg = Config.fromfile(str(cfg_file))
+    root = tmp_path / 'data' / 'cifar10'
+    cls = _registered_class(cfg.train_dataloader.dataset.type, 'mmpretrain')
+    files = _expected_files(cls, str(root))
+    assert len(files) == 7  # 5 training batches, the test batch, the meta
+    for f in files:
+        os.makedirs(osp.dirname(f), exist_ok=True)
+        open(f, 'wb').close()
+    for loader in (cfg.train_dataloader, cfg.val_dataloader,
+                   cfg.test_dataloader):
+        loader.dataset.data_root = str(root)
+    prepare_data_roots(cfg, str(cfg_file))
+
+
 def test_download_true_skips_the_folder_check(tmp_path, digits_cfg):
     cfg_file = tmp_path / 'cifar.py'
     cfg_file.write_text(CIFAR_USER_CFG)

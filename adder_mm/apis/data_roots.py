@@ -111,11 +111,14 @@ def _root_problem(path, cls, ds):
         return f'the folder cannot be read ({e.strerror})'
     if empty:
         return 'the folder is empty'
-    missing = [f for f in _expected_files(cls, path) if not osp.isfile(f)]
+    expected = _expected_files(cls, path)
+    missing = [f for f in expected if not osp.isfile(f)]
     if missing:
         names = ', '.join(osp.relpath(f, path) for f in missing[:4])
         more = f' and {len(missing) - 4} more' if len(missing) > 4 else ''
         return f'missing {names}{more}'
+    if expected:  # a fixed archive layout: no split folders
+        return None
     split = ds.get('split')
     prefix = ds.get('data_prefix')
     if split and not prefix and cls is not None and \
