@@ -232,6 +232,45 @@ def test_resume_checks_the_checkpoint_before_training(kind, bad_checkpoints,
     assert 'Epoch(train)' not in proc.stdout + proc.stderr
 
 
+def test_resume_auto_with_empty_last_checkpoint(tmp_path, run_tool):
+    """MMEngine writes last_checkpoint in place; an empty one (a save that
+    did not finish) gave 'Auto resumed from ...' and a traceback."""
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text('')
+    proc = run_tool([TRAIN, ADDER_CFG, '--work-dir', str(work), '--resume'])
+    refused(proc, 'last_checkpoint', 'is empty', '--resume PATH')
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--out', 'res.json'], 'pred is written as .pkl/.pickle'),
+    (['--out', 'm.txt', '--out-item', 'metrics'], 'metrics is written as'),
+    (['--out', '.'], 'is a folder'),
+    (['--out', 'nowhere/r.pkl'], 'no folder'),
+])
+def test_test_tool_checks_out_first(args, message, tmp_path, run_tool):
+    """--out was checked by the writers, after the whole test ran."""
+    proc = run_tool([TEST, ADDER_CFG, str(tmp_path / 'unused.pth')] + args,
+                    cwd=str(tmp_path))
+    refused(proc, message)
+
+
+def test_zero_workers_on_the_command_line_drop_persistent_workers():
+    """--cfg-options train_dataloader.num_workers=0 on a config with
+    persistent workers: DataLoader refused the pair."""
+    from adder_mm.apis import apply_cfg_options
+    cfg = Config(dict(train_dataloader=dict(
+        batch_size=2, num_workers=4, persistent_workers=True,
+        dataset=dict(type='X'))))
+    apply_cfg_options(cfg, {'train_dataloader.num_workers': 0})
+    assert cfg.train_dataloader.persistent_workers is False
+    cfg.train_dataloader.num_workers = 2
+    cfg.train_dataloader.persistent_workers = True
+    apply_cfg_options(cfg, None)
+    assert cfg.train_dataloader.persistent_workers is True
+
+
 def test_read_checkpoint_never_suggests_unsafe_loading(bad_checkpoints):
     for kind in ('refused', 'garbage', 'truncated', 'empty'):
         with pytest.raises(ToolError) as e:

@@ -22,6 +22,7 @@ from adder_mm.apis import (
     cfg_options_action,
     check_checkpoint,
     check_config_path,
+    check_out_path,
     run_tool,
 )
 
@@ -33,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file (path or URL)')
     parser.add_argument(
         '--work-dir', help='the dir to save logs and evaluation metrics')
-    parser.add_argument('--out', help='file to dump results to (.pkl/.json)')
+    parser.add_argument('--out', help='file to dump results to (.pkl; '
+                        'metrics also .json/.yaml)')
     parser.add_argument(
         '--out-item',
         choices=['metrics', 'pred'],
@@ -74,6 +76,13 @@ def parse_args(argv=None):
     check_config_path(parser, args.config)
     if args.out is None and args.out_item is not None:
         parser.error('--out-item needs --out FILE')
+    check_out_path(parser, args.out)
+    # What DumpResults (predictions) and mmengine.dump (metrics) write.
+    kinds = (('.pkl', '.pickle') if args.out_item in ('pred', None) else
+             ('.json', '.yaml', '.yml', '.pkl', '.pickle'))
+    if args.out and not args.out.lower().endswith(kinds):
+        parser.error(f'--out {args.out!r}: {args.out_item or "pred"} is '
+                     f'written as {"/".join(kinds)}')
     return args
 
 

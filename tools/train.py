@@ -129,10 +129,6 @@ def merge_args(cfg, args):
             continue
         loader = deepcopy(loader_defaults)
         loader.update(cfg[field])
-        # persistent_workers=True is rejected by DataLoader when there are
-        # no workers.
-        if loader.get('num_workers', 0) == 0:
-            loader.persistent_workers = False
         if args.no_pin_memory:
             loader.pin_memory = False
         if args.no_persistent_workers:
@@ -153,6 +149,11 @@ def check_start_checkpoint(runner, preread=(None, None)):
     if cfg.get('resume', False) and not path:
         from mmengine.runner import find_latest_checkpoint
         path = find_latest_checkpoint(runner.work_dir)
+        if path == '':
+            raise ToolError(
+                f'--resume: {osp.join(runner.work_dir, "last_checkpoint")} '
+                'is empty (a save that did not finish wrote it); give the '
+                'checkpoint to resume from: --resume PATH')
         if path is None:
             runner.logger.info('--resume: no checkpoint in '
                                f'{runner.work_dir}, training from scratch')

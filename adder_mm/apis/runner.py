@@ -78,9 +78,17 @@ def check_out_path(parser, path, option='--out'):
 
 
 def apply_cfg_options(cfg, options):
-    """Check ``--cfg-options`` (see check_cfg_options) and merge them."""
+    """Check ``--cfg-options`` (see check_cfg_options) and merge them; a
+    loader left without workers then also loses ``persistent_workers``,
+    which DataLoader refuses without workers (``num_workers=0`` given on
+    the command line for a config with workers)."""
     if options:
         cfg.merge_from_dict(check_cfg_options(cfg, options))
+    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(field, None)
+        if loader and loader.get('num_workers', 0) == 0 and \
+                loader.get('persistent_workers', False):
+            loader.persistent_workers = False
     return cfg
 
 
