@@ -26,11 +26,13 @@ if importlib.util.find_spec('mmengine') is not None:
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
                             category=UserWarning)
     from .utils import (
+        register_atomic_local_backend,
         register_checkpoint_safe_globals,
         register_safe_url_loader,
     )
     register_checkpoint_safe_globals()
     register_safe_url_loader()
+    register_atomic_local_backend()
     from . import engine, models  # noqa: F401,E402  (registration)
     __all__ += ['engine', 'models']
     if importlib.util.find_spec('mmpretrain') is not None:

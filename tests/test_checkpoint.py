@@ -337,6 +337,27 @@ def test_url_checkpoints_load_safely(tmp_path, served):
         read_checkpoint(served('missing.pth'))
 
 
+def test_runner_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """MMEngine's save_checkpoint writes through the local file backend,
+    in place: a full disk left a checkpoint that does not load. Through
+    adder_mm's backend a failed write leaves the old file and no other."""
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    import adder_mm.utils.fileio as fileio
+    path = tmp_path / 'epoch_1.pth'
+    save_checkpoint({'state_dict': {'w': torch.ones(2)}}, str(path))
+    before = path.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(fileio.os, 'replace', full_disk)
+    with pytest.raises(OSError, match='No space left'):
+        save_checkpoint({'state_dict': {'w': torch.zeros(2)}}, str(path))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['epoch_1.pth']
+
+
 # ------------------------------------------------------ the allow-list
 def test_allow_list_is_exact():
     try:

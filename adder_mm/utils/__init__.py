@@ -6,8 +6,9 @@ from .checkpoint import (
     save_atomic,
     url_cache_path,
 )
-from .fileio import write_atomic
+from .fileio import register_atomic_local_backend, write_atomic
 
 __all__ = ['URL_PREFIXES', 'checkpoint_safe_globals',
            'register_checkpoint_safe_globals', 'register_safe_url_loader',
-           'save_atomic', 'url_cache_path', 'write_atomic']
+           'register_atomic_local_backend', 'save_atomic', 'url_cache_path',
+           'write_atomic']

@@ -16,3 +16,28 @@ def write_atomic(path, write):
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def register_atomic_local_backend():
+    """Make MMEngine's local file backend write through
+    :func:`write_atomic`: the Runner's checkpoints (written in place by
+    MMEngine 0.10.7, so a full disk or a kill mid-save left a file that
+    does not load) and every other local ``put``."""
+    from mmengine.fileio import LocalBackend, register_backend
+
+    class AtomicLocalBackend(LocalBackend):
+        """LocalBackend whose writes are whole or absent."""
+
+        def put(self, obj, filepath):
+            def write(tmp):
+                with open(tmp, 'wb') as f:
+                    f.write(obj)
+            write_atomic(str(filepath), write)
+
+        def put_text(self, obj, filepath, encoding='utf-8'):
+            def write(tmp):
+                with open(tmp, 'w', encoding=encoding) as f:
+                    f.write(obj)
+            write_atomic(str(filepath), write)
+
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
