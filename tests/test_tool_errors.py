@@ -256,6 +256,28 @@ def test_test_tool_checks_out_first(args, message, tmp_path, run_tool):
     refused(proc, message)
 
 
+def test_work_dir_and_amp_checked_first(tmp_path, run_tool):
+    """A --work-dir that cannot be a folder, --amp without a GPU and a
+    config file MMEngine cannot read gave tracebacks (or, for an empty
+    --work-dir, checkpoints in the current folder)."""
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    text_cfg = tmp_path / 'cfg.txt'
+    text_cfg.write_text('model = 1\n')
+    cases = [
+        ([TRAIN, ADDER_CFG, '--work-dir', str(afile)], 'is a file'),
+        ([TRAIN, ADDER_CFG, '--work-dir', str(afile / 'sub')], 'is a file'),
+        ([TRAIN, ADDER_CFG, '--work-dir', ''], '--work-dir is empty'),
+        ([TEST, ADDER_CFG, 'x.pth', '--work-dir', str(afile)], 'is a file'),
+        ([TRAIN, str(text_cfg)], 'cannot be loaded'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([TRAIN, ADDER_CFG, '--amp'], '--amp'))
+    for args, message in cases:
+        refused(run_tool(args, cwd=str(tmp_path)), message)
+    assert sorted(os.listdir(tmp_path)) == ['afile', 'cfg.txt']
+
+
 def test_zero_workers_on_the_command_line_drop_persistent_workers():
     """--cfg-options train_dataloader.num_workers=0 on a config with
     persistent workers: DataLoader refused the pair."""

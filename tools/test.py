@@ -23,6 +23,7 @@ from adder_mm.apis import (
     check_checkpoint,
     check_config_path,
     check_out_path,
+    check_work_dir,
     run_tool,
 )
 
@@ -77,6 +78,7 @@ def parse_args(argv=None):
     if args.out is None and args.out_item is not None:
         parser.error('--out-item needs --out FILE')
     check_out_path(parser, args.out)
+    check_work_dir(parser, args.work_dir)
     # What DumpResults (predictions) and mmengine.dump (metrics) write.
     kinds = (('.pkl', '.pickle') if args.out_item in ('pred', None) else
              ('.json', '.yaml', '.yml', '.pkl', '.pickle'))

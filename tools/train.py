@@ -27,6 +27,7 @@ from adder_mm.apis import (
     cfg_options_action,
     check_checkpoint,
     check_config_path,
+    check_work_dir,
     run_tool,
 )
 
@@ -79,6 +80,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     check_config_path(parser, args.config)
+    check_work_dir(parser, args.work_dir)
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--amp trains with AmpOptimWrapper, which needs a '
+                         'GPU; none is visible')
     return args
 
 

@@ -12,6 +12,7 @@ from .runner import (
                      build_runner,
                      check_config_path,
                      check_out_path,
+                     check_work_dir,
                      has_adder_layers,
                      load_config,
                      prepare_cpu_distributed,
@@ -22,7 +23,7 @@ __all__ = [
     'ToolError', 'add_default_hooks', 'apply_cfg_options', 'bare_model',
     'build_runner',
     'cfg_options_action', 'check_cfg_options', 'check_checkpoint',
-    'check_config_path', 'check_out_path',
+    'check_config_path', 'check_out_path', 'check_work_dir',
     'has_adder_layers',
     'load_config', 'prepare_cpu_distributed', 'prepare_data_roots',
     'read_checkpoint', 'run_tool'

@@ -77,6 +77,25 @@ def check_out_path(parser, path, option='--out'):
                      'writable')
 
 
+def check_work_dir(parser, path):
+    """Exit through argparse when ``--work-dir`` cannot become a folder:
+    empty, an existing file, under a file, or under an unwritable
+    folder."""
+    if path is None:
+        return
+    if not path.strip():
+        parser.error('--work-dir is empty; give a folder')
+    if osp.exists(path) and not osp.isdir(path):
+        parser.error(f'--work-dir {path!r} is a file, not a folder')
+    parent = osp.abspath(path)
+    while not osp.exists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        parser.error(f'--work-dir {path!r}: {parent!r} is a file')
+    if not os.access(parent, os.W_OK):
+        parser.error(f'--work-dir {path!r}: {parent!r} is not writable')
+
+
 def apply_cfg_options(cfg, options):
     """Check ``--cfg-options`` (see check_cfg_options) and merge them; a
     loader left without workers then also loses ``persistent_workers``,
@@ -98,8 +117,8 @@ def load_config(path):
     from mmengine.config import Config
     try:
         return Config.fromfile(path)
-    except (SyntaxError, NameError, ImportError, FileNotFoundError,
-            KeyError, TypeError, ValueError, AttributeError) as e:
+    except (SyntaxError, NameError, ImportError, OSError, KeyError,
+            TypeError, ValueError, AttributeError, RecursionError) as e:
         raise ToolError(f'config {path!r} cannot be loaded: '
                         f'{type(e).__name__}: {e}') from None
 
