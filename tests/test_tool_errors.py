@@ -98,6 +98,24 @@ def test_cfg_options_accept_existing_keys_and_constructor_args(digits_cfg):
     assert check_cfg_options(digits_cfg, opts) == opts
 
 
+def test_cfg_options_hook_arguments(digits_cfg):
+    """CheckpointHook's **kwargs go to Runner.save_checkpoint, not to a
+    base class, and a hook without an __init__ takes nothing: typos there
+    were accepted and failed at the first save (or did nothing)."""
+    ok = {'default_hooks.checkpoint.max_keep_ckpts': 1}
+    assert check_cfg_options(digits_cfg, ok) == ok
+    for key, hint in (('default_hooks.checkpoint.max_keep_ckpt',
+                       'did you mean default_hooks.checkpoint.'
+                       'max_keep_ckpts?'),
+                      ('default_hooks.visualization.enabl',
+                       'did you mean default_hooks.visualization.enable?'),
+                      ('default_hooks.param_scheduler.by_epoch',
+                       'no such key')):
+        with pytest.raises(ToolError) as e:
+            check_cfg_options(digits_cfg, {key: 1})
+        assert hint in str(e.value)
+
+
 def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
     assert check_cfg_options(digits_cfg, {'+model.backbone.my_arg': 1}) == {
         'model.backbone.my_arg': 1}

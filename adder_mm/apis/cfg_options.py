@@ -74,8 +74,9 @@ def _accepted_args(cls):
     """(names, open): the keyword arguments ``cls`` takes, and whether it
     takes any. A class whose __init__ has **kwargs usually forwards them
     to its base class, so the bases' arguments count too, down to the
-    first __init__ without **kwargs; only a chain that never closes is
-    open."""
+    first __init__ without **kwargs (object's takes none: a hook without
+    an __init__, or CheckpointHook's **kwargs, which go nowhere but
+    Runner.save_checkpoint); only a chain that never closes is open."""
     names, chain = set(), (cls.__mro__ if inspect.isclass(cls) else [cls])
     for klass in chain:
         target = klass.__dict__.get('__init__') if inspect.isclass(klass) \
@@ -83,7 +84,7 @@ def _accepted_args(cls):
         if target is None:  # a class without an __init__ of its own
             continue
         if klass is object:
-            break
+            return names - {'self'}, False
         try:
             params = inspect.signature(target).parameters.values()
         except (TypeError, ValueError):
