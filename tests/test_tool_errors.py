@@ -296,6 +296,22 @@ def test_work_dir_and_amp_checked_first(tmp_path, run_tool):
     assert sorted(os.listdir(tmp_path)) == ['afile', 'cfg.txt']
 
 
+def test_seeds_tool_checks_before_training(tmp_path, run_tool):
+    """seeds.py trained every run before finding a broken --markdown or
+    --out, and randomness.seed in --cfg-options silently replaced every
+    seed (a table of n runs of one seed)."""
+    seeds = osp.join(REPO, 'tools', 'analysis_tools', 'seeds.py')
+    broken = tmp_path / 'broken.md'
+    broken.write_text('<!-- seeds:begin -->\n')
+    head = [seeds, ADDER_CFG, '--work-dir', str(tmp_path / 'w')]
+    for args, message in (
+            (['--markdown', str(broken)], 'one marker without the other'),
+            (['--out', str(tmp_path / 'no' / 'r.json')], 'no folder'),
+            (['--cfg-options', 'randomness.seed=5'], 'use --seeds')):
+        refused(run_tool(head + args), message)
+    assert not (tmp_path / 'w').exists()
+
+
 def test_zero_workers_on_the_command_line_drop_persistent_workers():
     """--cfg-options train_dataloader.num_workers=0 on a config with
     persistent workers: DataLoader refused the pair."""

@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 
+from adder_mm.apis.runner import check_out_path
+from adder_mm.utils import write_atomic
 from adder_mm.utils.machine import describe, machine_info
-from adder_mm.utils.markdown import write_section
+from adder_mm.utils.markdown import check_section, write_section
 
 TRAIN = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'train.py')
 FINAL = re.compile(r'final validation \(epoch (\d+)\): (.*?); training took '
@@ -47,6 +49,17 @@ def parse_args(argv=None):
             parser.error(f'config file not found: {cfg!r}')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: each seed once')
+    if any(o.split('=')[0].lstrip('+') == 'randomness.seed'
+           for o in args.cfg_options):
+        parser.error('--cfg-options randomness.seed=... would replace every '
+                     'seed of --seeds (each run sets it); use --seeds')
+    # Checked now, not after the training runs.
+    check_out_path(parser, args.out)
+    if args.markdown:
+        try:
+            check_section(args.markdown, args.section)
+        except ValueError as e:
+            parser.error(f'--markdown {e}')
     return args
 
 
@@ -119,8 +132,10 @@ def main(argv=None):
     if args.markdown:
         write_section(args.markdown, args.section, table)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(env=env, results=results), f, indent=1)
+        def write(tmp):
+            with open(tmp, 'w') as f:
+                json.dump(dict(env=env, results=results), f, indent=1)
+        write_atomic(args.out, write)
     return results
 
 
