@@ -376,6 +376,22 @@ def _benchmark_tool():
     return tool
 
 
+def test_benchmark_names_unknown_layers(capsys):
+    """--layers with a name of no suite benchmarked nothing and wrote an
+    empty table."""
+    tool = _benchmark_tool()
+    args = tool.parse_args(['--suite', 'resnet20', '--layers',
+                            'layer1.0.conv1'])
+    assert args.layers == 'layer1.0.conv1'
+    with pytest.raises(SystemExit) as e:
+        tool.parse_args(['--suite', 'resnet20', '--layers',
+                         'layer1.0.conv1,layer4.1.conv2'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'no layer layer4.1.conv2 in --suite resnet20' in err
+    assert 'layer3.0.down' in err
+
+
 def test_benchmark_unfold_form_and_layer_lists():
     """The benchmark's paper-style unfold formulation is the same function
     (and gradients) as the reference, and its layer lists are ResNet-20's

@@ -259,6 +259,15 @@ def parse_args(argv=None):
         args.tile_sweep = [int(t) for t in tiles]
     if args.batch is not None and args.batch < 1:
         parser.error('--batch must be >= 1')
+    if args.layers:
+        suites = (['resnet20', 'resnet50'] if args.suite == 'all' else
+                  [args.suite])
+        known = [lay['name'] for _, lay in select_layers(suites)]
+        unknown = sorted(set(args.layers.split(',')) - set(known))
+        if unknown:  # (it benchmarked nothing and wrote an empty table)
+            parser.error(f'--layers: no layer {", ".join(unknown)} in '
+                         f'--suite {args.suite}; its layers: '
+                         f'{", ".join(dict.fromkeys(known))}')
     return args
 
 
