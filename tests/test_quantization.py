@@ -398,8 +398,7 @@ def test_quantize_tool_refusals(trained, tmp_path, tool):
         ([ADDER_CFG, ckpt, '--method', 'torch-ao'], 'has adder layers'),
         # checked before any work (it failed after the three evaluations)
         ([ADDER_CFG, ckpt, '--out', str(tmp_path)], 'is a folder'),
-        ([ADDER_CFG, ckpt, '--out', str(tmp_path / 'no' / 'q.pth')],
-         'no folder'),
+        ([ADDER_CFG, ckpt, '--out', str(q / 'q.pth')], 'is a file'),
     ]
     for args, message in cases:
         proc = tool([osp.join('tools', 'quantize.py')] + args +

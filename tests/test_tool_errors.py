@@ -265,10 +265,11 @@ def test_resume_auto_with_empty_last_checkpoint(tmp_path, run_tool):
     (['--out', 'res.json'], 'pred is written as .pkl/.pickle'),
     (['--out', 'm.txt', '--out-item', 'metrics'], 'metrics is written as'),
     (['--out', '.'], 'is a folder'),
-    (['--out', 'nowhere/r.pkl'], 'no folder'),
+    (['--out', 'afile/r.pkl'], 'is a file'),
 ])
 def test_test_tool_checks_out_first(args, message, tmp_path, run_tool):
     """--out was checked by the writers, after the whole test ran."""
+    (tmp_path / 'afile').write_text('x')
     proc = run_tool([TEST, ADDER_CFG, str(tmp_path / 'unused.pth')] + args,
                     cwd=str(tmp_path))
     refused(proc, message)
@@ -306,10 +307,24 @@ def test_seeds_tool_checks_before_training(tmp_path, run_tool):
     head = [seeds, ADDER_CFG, '--work-dir', str(tmp_path / 'w')]
     for args, message in (
             (['--markdown', str(broken)], 'one marker without the other'),
-            (['--out', str(tmp_path / 'no' / 'r.json')], 'no folder'),
+            (['--out', str(tmp_path / 'broken.md' / 'r.json')],
+             'is a file'),
             (['--cfg-options', 'randomness.seed=5'], 'use --seeds')):
         refused(run_tool(head + args), message)
     assert not (tmp_path / 'w').exists()
+
+
+def test_count_ops_checks_its_arguments_first(tmp_path, run_tool):
+    """Bad --group-depth, output paths and --markdown files gave tracebacks
+    after the counting (--plot p.txt; --plot DIR wrote DIR.png)."""
+    broken = tmp_path / 'broken.md'
+    broken.write_text('<!-- energy:end -->\n')
+    for args, message in ((['--group-depth', '0'], '--group-depth'),
+                          (['--plot', str(tmp_path / 'p.txt')], '.png'),
+                          (['--out', str(tmp_path)], 'is a folder'),
+                          (['--markdown', str(broken)],
+                           'one marker without the other')):
+        refused(run_tool([COUNT_OPS, ADDER_CFG] + args), message)
 
 
 def test_zero_workers_on_the_command_line_drop_persistent_workers():

@@ -61,20 +61,28 @@ def check_config_path(parser, path):
                      'e.g. configs/adder_r20_digits.py)')
 
 
+def _existing_ancestor(path):
+    """The nearest part of ``path`` (itself included) that exists."""
+    path = osp.abspath(path)
+    while not osp.exists(path):
+        path = osp.dirname(path)
+    return path
+
+
 def check_out_path(parser, path, option='--out'):
     """Exit through argparse when an output file could not be written at
-    the end of a run: the path is a folder, or its folder is missing or
-    not writable."""
+    the end of a run: the path is a folder, lies under a file, or under a
+    folder that is not writable (missing folders are made by the
+    writers)."""
     if path is None:
         return
-    folder = osp.dirname(osp.abspath(path))
     if osp.isdir(path):
         parser.error(f'{option} {path!r} is a folder; give a file name')
-    if not osp.isdir(folder):
-        parser.error(f'{option} {path!r}: no folder {folder!r}')
-    if not os.access(folder, os.W_OK):
-        parser.error(f'{option} {path!r}: folder {folder!r} is not '
-                     'writable')
+    parent = _existing_ancestor(osp.dirname(osp.abspath(path)))
+    if not osp.isdir(parent):
+        parser.error(f'{option} {path!r}: {parent!r} is a file')
+    if not os.access(parent, os.W_OK):
+        parser.error(f'{option} {path!r}: {parent!r} is not writable')
 
 
 def check_work_dir(parser, path):
@@ -87,9 +95,7 @@ def check_work_dir(parser, path):
         parser.error('--work-dir is empty; give a folder')
     if osp.exists(path) and not osp.isdir(path):
         parser.error(f'--work-dir {path!r} is a file, not a folder')
-    parent = osp.abspath(path)
-    while not osp.exists(parent):
-        parent = osp.dirname(parent)
+    parent = _existing_ancestor(path)
     if not osp.isdir(parent):
         parser.error(f'--work-dir {path!r}: {parent!r} is a file')
     if not os.access(parent, os.W_OK):

@@ -34,7 +34,7 @@ from adder_mm.apis.op_count import (
     plot,
     report,
 )
-from adder_mm.utils.markdown import write_section
+from adder_mm.utils.markdown import check_section, write_section
 
 
 def parse_args(argv=None):
@@ -106,6 +106,25 @@ def parse_args(argv=None):
                          f'{args.shape}')
     if args.channels is not None and args.channels < 1:
         parser.error(f'--channels must be positive, got {args.channels}')
+    if args.group_depth < 1:
+        parser.error(f'--group-depth must be >= 1, got {args.group_depth}')
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda: no CUDA device is available')
+    # The writers run after the counting; their paths are checked now.
+    for flag, path in (('--out', args.out), ('--plot', args.plot),
+                       ('--markdown', args.markdown)):
+        if path and osp.isdir(path):
+            parser.error(f'{flag} {path!r} is a folder; give a file name')
+    if args.plot and not args.plot.lower().endswith(('.png', '.pdf',
+                                                     '.svg')):
+        parser.error(f'--plot {args.plot!r}: give a .png, .pdf or .svg file')
+    if args.markdown:
+        try:
+            check_section(args.markdown, args.section)
+        except ValueError as e:
+            parser.error(f'--markdown {e}')
     for flag, path in (('config', args.config), ('--compare', args.compare),
                        ('--energy', args.energy),
                        ('--quantized', args.quantized)):
