@@ -11,6 +11,7 @@ from .runner import (
                      bare_model,
                      build_runner,
                      check_config_path,
+                     check_markdown_path,
                      check_out_path,
                      check_work_dir,
                      has_adder_layers,
@@ -23,7 +24,8 @@ __all__ = [
     'ToolError', 'add_default_hooks', 'apply_cfg_options', 'bare_model',
     'build_runner',
     'cfg_options_action', 'check_cfg_options', 'check_checkpoint',
-    'check_config_path', 'check_out_path', 'check_work_dir',
+    'check_config_path', 'check_markdown_path', 'check_out_path',
+    'check_work_dir',
     'has_adder_layers',
     'load_config', 'prepare_cpu_distributed', 'prepare_data_roots',
     'read_checkpoint', 'run_tool'

@@ -5,9 +5,11 @@ import os
 import os.path as osp
 import sys
 
+from adder_mm.utils.markdown import check_section
+
 from .cfg_options import check_cfg_options
 from .checkpoints import read_checkpoint
-from .data_roots import prepare_data_roots
+from .data_roots import LOADERS, prepare_data_roots
 from .errors import ToolError
 
 
@@ -61,28 +63,40 @@ def check_config_path(parser, path):
                      'e.g. configs/adder_r20_digits.py)')
 
 
-def _existing_ancestor(path):
-    """The nearest part of ``path`` (itself included) that exists."""
-    path = osp.abspath(path)
-    while not osp.exists(path):
-        path = osp.dirname(path)
-    return path
+def _check_creatable(parser, option, path, folder):
+    """Exit through argparse unless ``folder`` (``path``'s place) can be
+    made: its nearest existing part must be a writable folder (the writers
+    make the missing ones)."""
+    parent = osp.abspath(folder)
+    while not osp.exists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        parser.error(f'{option} {path!r}: {parent!r} is a file')
+    if not os.access(parent, os.W_OK):
+        parser.error(f'{option} {path!r}: {parent!r} is not writable')
 
 
 def check_out_path(parser, path, option='--out'):
     """Exit through argparse when an output file could not be written at
     the end of a run: the path is a folder, lies under a file, or under a
-    folder that is not writable (missing folders are made by the
-    writers)."""
+    folder that is not writable."""
     if path is None:
         return
     if osp.isdir(path):
         parser.error(f'{option} {path!r} is a folder; give a file name')
-    parent = _existing_ancestor(osp.dirname(osp.abspath(path)))
-    if not osp.isdir(parent):
-        parser.error(f'{option} {path!r}: {parent!r} is a file')
-    if not os.access(parent, os.W_OK):
-        parser.error(f'{option} {path!r}: {parent!r} is not writable')
+    _check_creatable(parser, option, path, osp.dirname(osp.abspath(path)))
+
+
+def check_markdown_path(parser, path, section, option='--markdown'):
+    """check_out_path, and that section ``section`` of the file can be
+    written (write_section refuses a marker without its pair)."""
+    if path is None:
+        return
+    check_out_path(parser, path, option)
+    try:
+        check_section(path, section)
+    except ValueError as e:
+        parser.error(f'{option} {e}')
 
 
 def check_work_dir(parser, path):
@@ -95,11 +109,7 @@ def check_work_dir(parser, path):
         parser.error('--work-dir is empty; give a folder')
     if osp.exists(path) and not osp.isdir(path):
         parser.error(f'--work-dir {path!r} is a file, not a folder')
-    parent = _existing_ancestor(path)
-    if not osp.isdir(parent):
-        parser.error(f'--work-dir {path!r}: {parent!r} is a file')
-    if not os.access(parent, os.W_OK):
-        parser.error(f'--work-dir {path!r}: {parent!r} is not writable')
+    _check_creatable(parser, '--work-dir', path, path)
 
 
 def apply_cfg_options(cfg, options):
@@ -109,7 +119,7 @@ def apply_cfg_options(cfg, options):
     the command line for a config with workers)."""
     if options:
         cfg.merge_from_dict(check_cfg_options(cfg, options))
-    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for field in LOADERS:
         loader = cfg.get(field, None)
         if loader and loader.get('num_workers', 0) == 0 and \
                 loader.get('persistent_workers', False):

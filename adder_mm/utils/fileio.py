@@ -35,9 +35,6 @@ def register_atomic_local_backend():
             write_atomic(str(filepath), write)
 
         def put_text(self, obj, filepath, encoding='utf-8'):
-            def write(tmp):
-                with open(tmp, 'w', encoding=encoding) as f:
-                    f.write(obj)
-            write_atomic(str(filepath), write)
+            self.put(obj.encode(encoding), filepath)
 
     register_backend('local', AtomicLocalBackend, force=True, prefixes='')

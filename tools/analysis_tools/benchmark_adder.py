@@ -260,15 +260,18 @@ def parse_args(argv=None):
     if args.batch is not None and args.batch < 1:
         parser.error('--batch must be >= 1')
     if args.layers:
-        suites = (['resnet20', 'resnet50'] if args.suite == 'all' else
-                  [args.suite])
-        known = [lay['name'] for _, lay in select_layers(suites)]
+        known = [lay['name'] for _, lay in select_layers(suites_of(args))]
         unknown = sorted(set(args.layers.split(',')) - set(known))
         if unknown:  # (it benchmarked nothing and wrote an empty table)
             parser.error(f'--layers: no layer {", ".join(unknown)} in '
                          f'--suite {args.suite}; its layers: '
                          f'{", ".join(dict.fromkeys(known))}')
     return args
+
+
+def suites_of(args):
+    """The layer suites --suite names."""
+    return ['resnet20', 'resnet50'] if args.suite == 'all' else [args.suite]
 
 
 def main(argv=None):
@@ -301,8 +304,7 @@ def main(argv=None):
         # cuDNN's autotuned algorithm: the conv baseline at its fastest.
         torch.backends.cudnn.benchmark = True
     dtype = getattr(torch, args.dtype)
-    suites = (['resnet20', 'resnet50'] if args.suite == 'all' else
-              [args.suite])
+    suites = suites_of(args)
     wanted = set(args.layers.split(',')) if args.layers else None
     if args.skip_layers:
         wanted = set()

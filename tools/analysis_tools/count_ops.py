@@ -24,7 +24,12 @@ import os
 import os.path as osp
 
 from adder_mm.analysis.op_counter import CONVENTION, load_energy_table
-from adder_mm.apis import cfg_options_action, run_tool
+from adder_mm.apis import (
+    cfg_options_action,
+    check_markdown_path,
+    check_out_path,
+    run_tool,
+)
 from adder_mm.apis.op_count import (
     compare,
     count_config,
@@ -34,7 +39,7 @@ from adder_mm.apis.op_count import (
     plot,
     report,
 )
-from adder_mm.utils.markdown import check_section, write_section
+from adder_mm.utils.markdown import write_section
 
 
 def parse_args(argv=None):
@@ -113,18 +118,12 @@ def parse_args(argv=None):
         if not torch.cuda.is_available():
             parser.error('--device cuda: no CUDA device is available')
     # The writers run after the counting; their paths are checked now.
-    for flag, path in (('--out', args.out), ('--plot', args.plot),
-                       ('--markdown', args.markdown)):
-        if path and osp.isdir(path):
-            parser.error(f'{flag} {path!r} is a folder; give a file name')
+    check_out_path(parser, args.out)
+    check_out_path(parser, args.plot, '--plot')
+    check_markdown_path(parser, args.markdown, args.section)
     if args.plot and not args.plot.lower().endswith(('.png', '.pdf',
                                                      '.svg')):
         parser.error(f'--plot {args.plot!r}: give a .png, .pdf or .svg file')
-    if args.markdown:
-        try:
-            check_section(args.markdown, args.section)
-        except ValueError as e:
-            parser.error(f'--markdown {e}')
     for flag, path in (('config', args.config), ('--compare', args.compare),
                        ('--energy', args.energy),
                        ('--quantized', args.quantized)):

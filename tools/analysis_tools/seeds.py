@@ -20,10 +20,10 @@ import subprocess
 import sys
 import time
 
-from adder_mm.apis.runner import check_out_path
+from adder_mm.apis import check_markdown_path, check_out_path
 from adder_mm.utils import write_atomic
 from adder_mm.utils.machine import describe, machine_info
-from adder_mm.utils.markdown import check_section, write_section
+from adder_mm.utils.markdown import write_section
 
 TRAIN = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'train.py')
 FINAL = re.compile(r'final validation \(epoch (\d+)\): (.*?); training took '
@@ -55,11 +55,7 @@ def parse_args(argv=None):
                      'seed of --seeds (each run sets it); use --seeds')
     # Checked now, not after the training runs.
     check_out_path(parser, args.out)
-    if args.markdown:
-        try:
-            check_section(args.markdown, args.section)
-        except ValueError as e:
-            parser.error(f'--markdown {e}')
+    check_markdown_path(parser, args.markdown, args.section)
     return args
 
 

@@ -55,13 +55,13 @@ class QuantAdderConv2d(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, dilation=1, groups=1, bits=8, num_groups=1):
         super().__init__()
-        for name, value, top in (('bits', bits, 8),
-                                 ('num_groups', num_groups, out_channels)):
+        for name, value, low, high in (('bits', bits, 2, 8),
+                                       ('num_groups', num_groups, 1,
+                                        out_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or \
-                    not (2 if name == 'bits' else 1) <= value <= top:
-                raise ValueError(
-                    f'QuantAdderConv2d: {name} must be an int in '
-                    f'{2 if name == "bits" else 1}..{top}, got {value!r}')
+                    not low <= value <= high:
+                raise ValueError(f'QuantAdderConv2d: {name} must be an int '
+                                 f'in {low}..{high}, got {value!r}')
         set_window_geometry(self, in_channels, out_channels, kernel_size,
                             stride, padding, dilation, groups)
         self.bits = bits
