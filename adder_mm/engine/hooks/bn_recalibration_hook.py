@@ -43,9 +43,9 @@ class BNRecalibrationHook(Hook):
     statistics of ``num_samples`` training images (train pipeline, model
     in eval mode but for the BN layers, no gradients; batches of equal
     size) into fresh running statistics, exactly (cumulative average, not
-    momentum), whenever the
-    weights changed since the last time and the model is about to be
-    validated, tested or saved; the checkpoint gets the new statistics.
+    momentum), whenever the weights changed since the last time and the
+    model is about to be validated, tested or saved; the checkpoint gets
+    the new statistics.
     In distributed training every rank recomputes on its own share of the
     images and the statistics are averaged over ranks. BN layers that
     training leaves in eval mode (``norm_eval``, ``frozen_stages``) keep
