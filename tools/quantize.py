@@ -21,7 +21,6 @@ import os.path as osp
 
 from adder_mm.apis import (
     ToolError,
-    apply_cfg_options,
     bare_model,
     build_runner,
     cfg_options_action,
@@ -87,7 +86,7 @@ def merge_args(cfg, args):
     cfg.work_dir = args.work_dir or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0] + '_quant')
     cfg.load_from = args.checkpoint
-    return apply_cfg_options(cfg, args.cfg_options)
+    return cfg
 
 
 def top1(metrics):

@@ -16,7 +16,6 @@ from copy import deepcopy
 
 from adder_mm.apis import (
     ToolError,
-    apply_cfg_options,
     bare_model,
     build_runner,
     cfg_options_action,
@@ -89,7 +88,8 @@ def parse_args(argv=None):
 
 
 def merge_args(cfg, args):
-    """Apply the command line to the config (CLI > config > defaults)."""
+    """Apply the tool's flags to the config (flags > --cfg-options, which
+    build_runner merged first > config > defaults)."""
     from mmengine.config import ConfigDict
 
     cfg.launcher = args.launcher
@@ -143,7 +143,7 @@ def merge_args(cfg, args):
         loader.pin_memory = False
     cfg.test_dataloader = loader
 
-    return apply_cfg_options(cfg, args.cfg_options)
+    return cfg
 
 
 def main(argv=None):

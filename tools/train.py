@@ -21,7 +21,6 @@ from copy import deepcopy
 from adder_mm.apis import (
     ToolError,
     add_default_hooks,
-    apply_cfg_options,
     bare_model,
     build_runner,
     cfg_options_action,
@@ -90,7 +89,8 @@ def parse_args(argv=None):
 
 
 def merge_args(cfg, args):
-    """Apply the command line to the config (CLI > config > defaults)."""
+    """Apply the tool's flags to the config (flags > --cfg-options, which
+    build_runner merged first > config > defaults)."""
     from mmengine.config import ConfigDict
 
     if args.no_validate:
@@ -142,7 +142,7 @@ def merge_args(cfg, args):
             loader.persistent_workers = False
         cfg[field] = loader
 
-    return apply_cfg_options(cfg, args.cfg_options)
+    return cfg
 
 
 def check_start_checkpoint(runner, preread=(None, None)):

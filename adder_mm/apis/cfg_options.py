@@ -6,13 +6,15 @@ import inspect
 
 from .errors import ToolError
 
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
 NEW_KEY_PREFIX = '+'
 
 
 def cfg_options_action():
     """The argparse action of ``--cfg-options``: MMEngine's DictAction, but
-    an entry without ``=`` is a usage error naming it (DictAction raises a
-    bare ValueError from its own unpacking)."""
+    an entry without ``=`` or with unbalanced brackets is a usage error
+    naming it (DictAction raises a bare ValueError or AssertionError)."""
     from mmengine.config import DictAction
 
     class CfgOptionsAction(DictAction):
@@ -23,7 +25,11 @@ def cfg_options_action():
                     parser.error(
                         f'{option_string} {kv}: expected key=value (e.g. '
                         'train_cfg.max_epochs=3; +key=value adds a new key)')
-            super().__call__(parser, namespace, values, option_string)
+                try:
+                    super().__call__(parser, namespace, [kv], option_string)
+                except (AssertionError, ValueError) as e:
+                    parser.error(f'{option_string} {kv}: {e} (quote a value '
+                                 'that is text: key="a[b")')
 
     return CfgOptionsAction
 
@@ -68,6 +74,111 @@ def _loop_class(cfg, field):
         return EpochBasedTrainLoop if node.get('by_epoch', True) else \
             IterBasedTrainLoop
     return ValLoop if field == 'val_cfg' else TestLoop
+
+
+# Top-level keys read outside Runner.__init__: by Runner.from_cfg/wrap_model/
+# train (model_wrapper_cfg, compile), MMEngine's Config (custom_imports),
+# MMPretrain's test-time augmentation (tta_model, tta_pipeline).
+ROOT_EXTRA_KEYS = {'runner_type', 'model_wrapper_cfg', 'compile',
+                   'custom_imports', 'tta_model', 'tta_pipeline'}
+# Keys Runner.build_dataloader takes out of a dataloader dict before the
+# rest goes to torch's DataLoader.
+LOADER_EXTRA_KEYS = {'dataset', 'sampler', 'batch_sampler', 'collate_fn',
+                     'worker_init_fn', 'num_batch_per_epoch',
+                     'disable_subprocess_warning'}
+# Keys Runner.setup_env reads from env_cfg, and auto_scale_lr's.
+ENV_KEYS = {'cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit'}
+AUTO_SCALE_LR_KEYS = {'enable', 'base_batch_size'}
+
+
+def _paramwise_schema(cfg, path, scope):
+    """The keys under optim_wrapper.paramwise_cfg (``path`` below it) that
+    the config's constructor reads: its ``paramwise_keys`` and
+    ``custom_key_options`` if it names them, MMEngine's default
+    constructor's; any other constructor is not checked."""
+    from mmengine.optim import DefaultOptimWrapperConstructor
+
+    from adder_mm.engine.optimizers.adder_optim_constructor import (
+        PARENT_CUSTOM_KEY_OPTIONS,
+        PARENT_PARAMWISE_KEYS,
+    )
+    cls = _registered_class(
+        cfg.optim_wrapper.get('constructor', 'DefaultOptimWrapperConstructor'),
+        scope)
+    if hasattr(cls, 'paramwise_keys'):
+        keys, options = cls.paramwise_keys, cls.custom_key_options
+    elif cls is DefaultOptimWrapperConstructor:
+        keys, options = PARENT_PARAMWISE_KEYS, PARENT_CUSTOM_KEY_OPTIONS
+    else:
+        return set(), True
+    if len(path) == 2:
+        return set(keys), False
+    if path[2] == 'custom_keys' and len(path) <= 4:
+        # custom_keys.<any parameter-name part>.<option>
+        return (set(), True) if len(path) == 3 else (set(options), False)
+    return None
+
+
+def _schema(cfg, path, node, scope):
+    """(names, open): the keys the dict ``node`` at ``path`` may hold
+    besides its own; None where nothing is known. For a dict with a
+    ``type``, the arguments of that class; for the dicts without one that
+    MMEngine's Runner reads (the config's top level, loops, optim_wrapper
+    and its paramwise_cfg, dataloaders, randomness, env_cfg,
+    auto_scale_lr, log_processor, model_wrapper_cfg, data_preprocessor),
+    what the Runner does with them."""
+    from mmengine.dist import init_dist
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import LogProcessor, Runner
+    from mmengine.utils.dl_utils import set_multi_processing
+    from torch.distributed import init_process_group
+    from torch.utils.data import DataLoader
+
+    path = tuple(path)
+    typed = _registered_class(node.get('type'), scope) if 'type' in node \
+        else None
+    extra = set()
+    if not path:
+        cls = _registered_class(cfg.get('runner_type', None), scope) or Runner
+        extra = ROOT_EXTRA_KEYS
+    elif path in (('train_cfg', ), ('val_cfg', ), ('test_cfg', )) and \
+            'type' not in node:
+        cls = _loop_class(cfg, path[0])
+    elif path == ('optim_wrapper', ):
+        cls = typed or OptimWrapper
+        extra = {'type', 'constructor', 'paramwise_cfg'}
+    elif path[:2] == ('optim_wrapper', 'paramwise_cfg'):
+        return _paramwise_schema(cfg, path, scope)
+    elif len(path) == 1 and path[0] in LOADERS:
+        cls, extra = DataLoader, LOADER_EXTRA_KEYS
+    elif path == ('randomness', ):
+        cls = Runner.set_randomness
+    elif path == ('env_cfg', ):
+        return set(ENV_KEYS), False
+    elif path == ('env_cfg', 'mp_cfg'):
+        return _accepted_args(set_multi_processing)[0] - {'distributed'}, \
+            False
+    elif path == ('env_cfg', 'dist_cfg'):
+        # init_dist's own arguments (Slurm's port), the rest go to torch.
+        return (_accepted_args(init_dist)[0] - {'launcher'}) | {'port'} | \
+            _accepted_args(init_process_group)[0], False
+    elif path == ('auto_scale_lr', ):
+        return set(AUTO_SCALE_LR_KEYS), False
+    elif path == ('log_processor', ):
+        cls = typed or LogProcessor
+    elif path == ('model_wrapper_cfg', ) and 'type' not in node:
+        from mmengine.model import MMDistributedDataParallel
+        cls = MMDistributedDataParallel
+    elif path in (('data_preprocessor', ), ('model', 'data_preprocessor')) \
+            and 'type' not in node:
+        # MMPretrain's classifiers default to ClsDataPreprocessor.
+        cls = _registered_class('ClsDataPreprocessor', 'mmpretrain')
+    else:
+        cls = typed
+    if cls is None:
+        return None
+    names, open_kwargs = _accepted_args(cls)
+    return (names - {'cfg'} if not path else names) | extra, open_kwargs
 
 
 def _accepted_args(cls):
@@ -143,7 +254,9 @@ def _check_key(cfg, key, new, scope):
     parts = key.split('.')
     if not all(parts):
         return f'{key}: empty part in the dotted key'
-    node, path = cfg, []
+    # absent: the dict at path is not in the config but an argument there
+    # (optim_wrapper.clip_grad), so only a known schema can refuse a key.
+    node, path, absent = cfg, [], False
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if _is_mapping(node):
@@ -155,14 +268,13 @@ def _check_key(cfg, key, new, scope):
                 continue
             if new:
                 return None  # adding on purpose (parents are created)
-            # Keyword arguments of the class the dict builds.
-            cls = (_loop_class(cfg, path[0]) if len(path) == 1 and path[0] in
-                   ('train_cfg', 'val_cfg', 'test_cfg') and 'type' not in node
-                   else _registered_class(node.get('type'), scope))
-            args, open_kwargs = (_accepted_args(cls) if cls is not None else
-                                 (set(), False))
-            if part in args or (cls is not None and open_kwargs):
+            schema = _schema(cfg, path, node, scope)
+            if schema is None and absent:
                 return None
+            args, open_kwargs = schema or (set(), False)
+            if part in args or open_kwargs:
+                node, path, absent = {}, path + [part], True
+                continue
             guess = _suggest(part, set(node.keys()) | args)
             where = (f' ({part!r} is not in {".".join(path)})' if path and
                      not last else f' ({part!r})' if not last else '')
@@ -171,8 +283,8 @@ def _check_key(cfg, key, new, scope):
                     ) if guess else ''
             return f'{key}: no such key{where}{hint}'
         if isinstance(node, (list, tuple)):
-            if not part.lstrip('-').isdigit() or not \
-                    -len(node) <= int(part) < len(node):
+            # MMEngine's merge takes digits only: no negative index.
+            if not part.isdigit() or int(part) >= len(node):
                 return (f'{key}: {".".join(path)} is a list of {len(node)} '
                         f'items; address one by its index 0..{len(node) - 1}')
             node, path = node[int(part)], path + [part]

@@ -4,10 +4,8 @@ to get it; no download unless the config asks for one."""
 import os
 import os.path as osp
 
-from .cfg_options import _accepted_args, _registered_class
+from .cfg_options import LOADERS, _accepted_args, _registered_class
 from .errors import ToolError
-
-LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def _datasets(dataset_cfg, key):

@@ -114,11 +114,17 @@ def check_work_dir(parser, path):
 
 def apply_cfg_options(cfg, options):
     """Check ``--cfg-options`` (see check_cfg_options) and merge them; a
-    loader left without workers then also loses ``persistent_workers``,
-    which DataLoader refuses without workers (``num_workers=0`` given on
-    the command line for a config with workers)."""
+    loader left without workers then also loses ``persistent_workers``
+    (see drop_idle_persistent_workers)."""
     if options:
         cfg.merge_from_dict(check_cfg_options(cfg, options))
+    return drop_idle_persistent_workers(cfg)
+
+
+def drop_idle_persistent_workers(cfg):
+    """``persistent_workers=False`` for every loader without workers, which
+    DataLoader refuses with them (``num_workers=0`` given on the command
+    line for a config with workers, or a tool's loader defaults)."""
     for field in LOADERS:
         loader = cfg.get(field, None)
         if loader and loader.get('num_workers', 0) == 0 and \
@@ -169,8 +175,18 @@ def add_default_hooks(runner):
                            ' (list them in custom_hooks to configure them)')
 
 
+def tool_config(args, merge):
+    """``args.config`` loaded, with ``args.cfg_options`` and then the tool's
+    own flags (``merge(cfg, args)``) applied. The options address the
+    config file as written, so they go first; the flags then reshape it
+    (--no-validate drops the val_* dicts, --tta wraps the model) and win
+    over them (--work-dir, --amp)."""
+    cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
+    return drop_idle_persistent_workers(merge(cfg, args))
+
+
 def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint'):
-    """Load ``args.config``, apply the command line (``merge(cfg, args)``),
+    """Load ``args.config`` with the command line applied (tool_config),
     check the data roots of ``loaders`` and the CPU launch, read
     ``checkpoint`` (read_checkpoint; ``what`` names its role in messages)
     and build the Runner. Raises ToolError on bad use, before anything is
@@ -187,8 +203,7 @@ def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint'):
     import adder_mm  # noqa: F401  (registers models, datasets, hooks)
 
     register_all_modules(init_default_scope=False)
-    cfg = load_config(args.config)
-    cfg = merge(cfg, args)
+    cfg = tool_config(args, merge)
     prepare_data_roots(cfg, args.config, loaders)
     prepare_cpu_distributed(cfg)
     ckpt = read_checkpoint(checkpoint, what) if checkpoint else None

@@ -17,6 +17,14 @@ from .adder_grad_normalizer import (
 # Keys this constructor consumes; everything else in paramwise_cfg goes to
 # DefaultOptimWrapperConstructor untouched.
 ADDER_KEYS = ('adder_eta', 'adder_eps', 'adder_log')
+# What DefaultOptimWrapperConstructor (mmengine 0.10) reads from
+# paramwise_cfg and from each of its custom_keys entries; with ADDER_KEYS,
+# the names the --cfg-options check accepts under paramwise_cfg.
+PARENT_PARAMWISE_KEYS = ('custom_keys', 'bias_lr_mult', 'bias_decay_mult',
+                         'norm_decay_mult', 'dwconv_decay_mult',
+                         'flat_decay_mult', 'dcn_offset_lr_mult',
+                         'bypass_duplicate')
+PARENT_CUSTOM_KEY_OPTIONS = ('lr_mult', 'decay_mult')
 
 
 # Registered in MMEngine's root registry: mmpretrain's OPTIM_WRAPPER_
@@ -57,6 +65,8 @@ class AdderOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         ...                    weight_decay=5e-4),
         ...     paramwise_cfg=dict(adder_eta=0.2))
     """
+    paramwise_keys = PARENT_PARAMWISE_KEYS + ADDER_KEYS
+    custom_key_options = PARENT_CUSTOM_KEY_OPTIONS + ('adder_eta', )
 
     def __init__(self, optim_wrapper_cfg, paramwise_cfg=None):
         if paramwise_cfg is None:

@@ -1,0 +1,147 @@
+"""The ``--cfg-options`` check (adder_mm.apis.cfg_options) in-process: keys
+MMEngine reads without the config naming them are accepted, typos are not,
+and the options address the config file as written, before a tool's flags
+reshape it. The tools' exits on bad options are in test_tool_errors.py."""
+import argparse
+import importlib.util
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+import adder_mm  # noqa: F401
+from adder_mm.apis import ToolError, cfg_options_action, check_cfg_options
+from adder_mm.apis.runner import tool_config
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')
+
+
+@pytest.fixture(scope='module')
+def digits_cfg():
+    from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return Config.fromfile(ADDER_CFG)
+
+
+def _tool(name):
+    """tools/<name>.py as a module (its parse_args and merge_args)."""
+    spec = importlib.util.spec_from_file_location(
+        f'_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('key', [
+    # read by the Runner from dicts that have no type, absent from the
+    # config: they were refused as 'no such key'
+    'optim_wrapper.clip_grad.max_norm',  # OptimWrapper
+    'optim_wrapper.accumulative_counts',
+    'optim_wrapper.paramwise_cfg.bias_decay_mult',  # the constructor's
+    'optim_wrapper.paramwise_cfg.adder_log',  # AdderOptimWrapperConstructor
+    'optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult',
+    'optim_wrapper.paramwise_cfg.custom_keys.head.adder_eta',
+    'train_dataloader.drop_last',  # torch's DataLoader
+    'train_dataloader.prefetch_factor',
+    'val_dataloader.num_batch_per_epoch',  # Runner.build_dataloader's own
+    'randomness.diff_rank_seed',  # Runner.set_randomness
+    'env_cfg.dist_cfg.timeout',  # torch.distributed.init_process_group
+    'env_cfg.dist_cfg.port',  # init_dist (Slurm)
+    'env_cfg.resource_limit',  # Runner.setup_env
+    'env_cfg.mp_cfg.mp_start_method',
+    'auto_scale_lr.enable',
+    'experiment_name',  # Runner.__init__, the config's top level
+    'model_wrapper_cfg.find_unused_parameters',
+    'log_processor.window_size',  # LogProcessor
+    'data_preprocessor.to_rgb',  # ClsDataPreprocessor
+])
+def test_keys_the_runner_reads_are_accepted(digits_cfg, key):
+    assert check_cfg_options(digits_cfg, {key: 1}) == {key: 1}
+
+
+@pytest.mark.parametrize('key, message', [
+    ('optim_wrapper.paramwise_cfg.bias_decay_mul',
+     r'did you mean optim_wrapper.paramwise_cfg.bias_decay_mult\?'),
+    ('optim_wrapper.paramwise_cfg.custom_keys.head.lr_mul',
+     r'did you mean optim_wrapper.paramwise_cfg.custom_keys.head.lr_mult\?'),
+    ('optim_wrapper.cliP_grad', r'did you mean optim_wrapper.clip_grad\?'),
+    ('train_dataloader.drop_lst', r'did you mean train_dataloader.drop_last'),
+    ('randomness.sed', r'did you mean randomness.seed\?'),
+    ('env_cfg.dist_cfg.timout', r'did you mean env_cfg.dist_cfg.timeout\?'),
+    ('env_cfg.cudnn_bench', r'did you mean env_cfg.cudnn_benchmark\?'),
+    ('auto_scale_lr.enabled', r'did you mean auto_scale_lr.enable\?'),
+    ('experiment_nam', r'did you mean experiment_name\?'),
+    ('data_preprocessor.to_rg', r'did you mean data_preprocessor.to_rgb\?'),
+    ('optim_wrapper.optimizer.betas', 'no such key'),  # SGD has none
+    # MMEngine's merge reads list indices as digits: -1 failed inside it
+    # with "list indices must be integers or slices, not str"
+    ('train_dataloader.dataset.pipeline.-2.crop_size',
+     r'is a list of 3 items; address one by its index 0\.\.2'),
+])
+def test_misspelt_runner_keys_are_refused(digits_cfg, key, message):
+    with pytest.raises(ToolError, match=message):
+        check_cfg_options(digits_cfg, {key: 1})
+
+
+def test_other_constructors_paramwise_cfg_is_not_checked(digits_cfg):
+    cfg = digits_cfg.copy()
+    cfg.optim_wrapper.constructor = 'LearningRateDecayOptimWrapperConstructor'
+    key = 'optim_wrapper.paramwise_cfg.layer_decay_rate'
+    assert check_cfg_options(cfg, {key: 0.6}) == {key: 0.6}
+
+
+def test_unbalanced_brackets_are_a_usage_error(capsys):
+    """MMEngine's DictAction raised a bare AssertionError (a traceback)."""
+    parser = argparse.ArgumentParser(prog='tool')
+    parser.add_argument('--cfg-options', nargs='+',
+                        action=cfg_options_action())
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(['--cfg-options', 'train_cfg.max_epochs=2',
+                           'model.backbone.out_indices=[1,2'])
+    assert e.value.code == 2
+    assert ('--cfg-options model.backbone.out_indices=[1,2: Imbalanced '
+            'brackets') in capsys.readouterr().err
+    args = parser.parse_args(['--cfg-options', 'a.b=[1,(2,3)]', 'c="x[y"'])
+    assert args.cfg_options == {'a.b': [1, (2, 3)], 'c': 'x[y'}
+
+
+def test_options_address_the_config_before_the_tools_flags(tmp_path):
+    """train.py --no-validate set val_dataloader to None and test.py --tta
+    moved the model under tta_model.module before the options were
+    checked: keys of the config file were refused as 'None has no keys' /
+    'no such key'."""
+    train = _tool('train')
+    args = train.parse_args([ADDER_CFG, '--no-validate', '--work-dir',
+                             str(tmp_path / 'w'), '--cfg-options',
+                             'val_dataloader.batch_size=8',
+                             'train_cfg.max_epochs=3'])
+    cfg = tool_config(args, train.merge_args)
+    assert cfg.val_dataloader is None and cfg.train_cfg.max_epochs == 3
+
+    test = _tool('test')
+    args = test.parse_args([ADDER_CFG, str(tmp_path / 'x.pth'), '--tta',
+                            '--work-dir', str(tmp_path / 'w'),
+                            '--cfg-options', 'model.backbone.depth=32',
+                            'test_dataloader.dataset.pipeline.0.scale=36'])
+    cfg = tool_config(args, test.merge_args)
+    assert cfg.model.module.backbone.depth == 32
+    # the option reached the pipeline that --tta derived from it
+    assert cfg.tta_pipeline[0].scale == 36
+
+
+def test_flags_win_over_options(tmp_path):
+    train = _tool('train')
+    config = tmp_path / 'workers.py'
+    config.write_text(f'_base_ = [{ADDER_CFG!r}]\n'
+                      'train_dataloader = dict(num_workers=2, '
+                      'persistent_workers=True)\n')
+    args = train.parse_args([str(config), '--work-dir', str(tmp_path / 'flag'),
+                             '--cfg-options',
+                             f'work_dir={tmp_path / "option"}',
+                             'train_dataloader.num_workers=0'])
+    cfg = tool_config(args, train.merge_args)
+    assert cfg.work_dir == str(tmp_path / 'flag')
+    # no workers left: DataLoader refuses persistent ones
+    assert cfg.train_dataloader.num_workers == 0
+    assert cfg.train_dataloader.persistent_workers is False
