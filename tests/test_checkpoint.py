@@ -415,3 +415,57 @@ def test_getattr_guard():
                       (builtins, 'eval')):
         with pytest.raises(pickle.UnpicklingError, match='refused getattr'):
             history_buffer_getattr(obj, name)
+
+
+def _optimizer_ckpt(optimizer):
+    """What a Runner checkpoint keeps of ``optimizer`` after one step."""
+    param = nn.Parameter(torch.randn(3))
+    opt = optimizer([param])
+    param.grad = torch.randn(3)
+    opt.step()
+    return {'optimizer': opt.state_dict()}
+
+
+@pytest.mark.parametrize('saved, config, refused', [
+    # SGD's state resumed by Adam failed at the first step inside torch
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+     dict(type='Adam', lr=1e-3), "KeyError: 'step'"),
+    (lambda p: torch.optim.Adam(p), dict(type='SGD', lr=0.1, momentum=0.9),
+     "KeyError: 'momentum'"),
+    # no state kept yet, but the saved param_groups replace the config's
+    (lambda p: torch.optim.SGD(p, lr=0.1), dict(type='Adam'),
+     "KeyError: 'betas'"),
+    # continuable: the same optimizer (the saved hyper-parameters win on
+    # loading), or one with the same state and groups (AdamW)
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+     dict(type='SGD', lr=0.5, momentum=0.5, nesterov=True), None),
+    (lambda p: torch.optim.Adam(p), dict(type='Adam', amsgrad=True), None),
+    (lambda p: torch.optim.Adam(p), dict(type='AdamW', lr=1e-3), None),
+])
+def test_resume_refuses_another_optimizers_state(saved, config, refused):
+    from mmengine.config import Config
+
+    from adder_mm.apis import ToolError, check_optimizer_state
+    cfg = Config(dict(optim_wrapper=dict(optimizer=config)))
+    ckpt = _optimizer_ckpt(saved)
+    if refused is None:
+        check_optimizer_state(ckpt, cfg, 'x.pth')
+        return
+    with pytest.raises(ToolError) as e:
+        check_optimizer_state(ckpt, cfg, 'x.pth')
+    message = str(e.value)
+    assert f"config's {config['type']} cannot continue" in message
+    assert refused in message and 'load_from=x.pth without --resume' in \
+        message
+
+
+def test_resume_check_skips_what_it_cannot_step():
+    """An optimizer that needs a closure (LBFGS) or an unknown type is not
+    checked, so the check never stops a run it cannot judge."""
+    from mmengine.config import Config
+
+    from adder_mm.apis import check_optimizer_state
+    ckpt = _optimizer_ckpt(lambda p: torch.optim.SGD(p, lr=0.1, momentum=.9))
+    for config in (dict(type='LBFGS'), dict(type='NoSuchOptimizer')):
+        cfg = Config(dict(optim_wrapper=dict(optimizer=config)))
+        check_optimizer_state(ckpt, cfg, 'x.pth')

@@ -205,3 +205,14 @@ def test_resume_from_checkpoint_without_rng_states(tmp_path, train):
                if 'without restoring the random generators' in ln]
     assert len(notices) == 1, notices
     assert final_accuracy(proc)[0] == 2
+    # The same checkpoint resumed with another optimizer type stops before
+    # training with the reason (the first step failed: KeyError 'step').
+    adam = tmp_path / 'adam.py'
+    adam.write_text(f'_base_ = [{ADDER_CFG!r}]\noptim_wrapper = dict('
+                    "optimizer=dict(_delete_=True, type='Adam', lr=1e-3))\n")
+    proc = train([str(adam), '--work-dir', str(tmp_path / 'a'), '--resume',
+                  str(old), '--cfg-options', 'train_cfg.max_epochs=2'],
+                 check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the config's Adam cannot continue from its optimizer state " \
+        "(per parameter: momentum_buffer): KeyError: 'step'" in proc.stderr

@@ -26,6 +26,7 @@ from adder_mm.apis import (
     cfg_options_action,
     check_checkpoint,
     check_config_path,
+    check_optimizer_state,
     check_work_dir,
     run_tool,
 )
@@ -171,11 +172,12 @@ def check_start_checkpoint(runner, preread=(None, None)):
         return
     resume = bool(cfg.get('resume', False))
     model = bare_model(runner)
-    _, diff = check_checkpoint(
-        path, model, strict=resume,
-        what='--resume checkpoint' if resume else 'load_from checkpoint',
-        config=cfg.filename,
+    what = '--resume checkpoint' if resume else 'load_from checkpoint'
+    ckpt, diff = check_checkpoint(
+        path, model, strict=resume, what=what, config=cfg.filename,
         ckpt=preread[1] if path == preread[0] else None)
+    if resume:
+        check_optimizer_state(ckpt, cfg, path, what)
     if diff:
         runner.logger.warning(f'load_from {path!r} differs from the model '
                               f'(loaded where it matches):{diff}')

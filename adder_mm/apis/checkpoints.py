@@ -218,3 +218,68 @@ def _quantized_layers(ckpt, path, what, model, policy):
         prepare_for_checkpoint(model, ckpt)
     except (CalibrationError, KeyError, TypeError) as e:
         raise ToolError(f'{what} {path!r}: {e}') from None
+
+
+def _stand_in_step(optimizer_cfg, scope, saved=None):
+    """Build the optimizer ``optimizer_cfg`` on one stand-in parameter,
+    load ``saved`` ({'state': {0: ...}, 'param_groups': [...]}) into it if
+    given, and take a step, as a resumed run's first step would. Returns
+    None, or the exception that step raised."""
+    from .cfg_options import _registered_class
+    args = dict(optimizer_cfg)
+    cls = _registered_class(args.pop('type', None), scope)
+    shapes = [v.shape for v in (saved or {}).get('state', {}).get(0, {})
+              .values() if torch.is_tensor(v) and v.dim()]
+    param = torch.zeros(shapes[0] if shapes else (2, ), requires_grad=True)
+    try:
+        optimizer = cls([param], **args)
+        if saved is not None:
+            optimizer.load_state_dict(saved)
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+    except Exception as e:  # noqa: BLE001 (reported by the caller)
+        return e
+    return None
+
+
+def check_optimizer_state(ckpt, cfg, path, what='--resume checkpoint'):
+    """Raise ToolError when the config's optimizer cannot continue from
+    ``ckpt``'s optimizer state: one parameter's saved state and group are
+    loaded into the config's optimizer on a stand-in parameter and
+    stepped. A state saved by another optimizer type failed at the first
+    step after resuming, inside torch (SGD's state resumed by Adam:
+    ``KeyError: 'step'``; Adam's by SGD: ``KeyError: 'momentum'``).
+    Checkpoints without optimizer state, with several optimizers, or an
+    optimizer that cannot step this way (one that needs a closure) are not
+    checked."""
+    saved = (ckpt or {}).get('optimizer')
+    optimizer_cfg = cfg.get('optim_wrapper', {}).get('optimizer')
+    if not isinstance(saved, dict) or not isinstance(
+            saved.get('state'), dict) or not isinstance(
+                saved.get('param_groups'), list) or not isinstance(
+                    optimizer_cfg, dict):
+        return
+    scope = cfg.get('default_scope', None)
+    if _stand_in_step(optimizer_cfg, scope) is not None:
+        return  # cannot be checked this way
+    # The first parameter with state (else the first), with its group.
+    ids = [i for g in saved['param_groups'] if isinstance(g, dict)
+           for i in g.get('params', [])]
+    ids = [i for i in ids if saved['state'].get(i)] + ids
+    if not ids:
+        return
+    group = next(g for g in saved['param_groups'] if ids[0] in g['params'])
+    one = {'state': {0: saved['state'][ids[0]]} if ids[0] in saved['state']
+           else {}, 'param_groups': [dict(group, params=[0])]}
+    error = _stand_in_step(optimizer_cfg, scope, one)
+    if error is None:
+        return
+    name = optimizer_cfg.get('type')
+    name = getattr(name, '__name__', name)
+    keys = ', '.join(sorted(one['state'].get(0, {}))) or 'nothing'
+    raise ToolError(
+        f'{what} {path!r}: the config\'s {name} cannot continue from its '
+        f'optimizer state (per parameter: {keys}): {type(error).__name__}: '
+        f'{error}. The checkpoint was saved by another optimizer. Resume '
+        'with the optimizer the run was trained with, or start a new run '
+        f'from its weights: --cfg-options load_from={path} without --resume')
