@@ -286,3 +286,32 @@ def test_cli_rejects_bad_arguments(tmp_path, run_tool):
                        cfg_options={'model.backbone.depth': 32})
     n_adder = sum(layer.kind == 'adder' for layer in res['ops'].layers)
     assert n_adder == 6 * 5 + 2
+
+
+def test_zero_energy_comparison_reads_n_a(tmp_path, run_tool):
+    """An --energy table may price ops at 0 pJ (valid: e.g. free
+    additions); --compare then has no saving or ratio. It printed a
+    TypeError traceback after the counting; now n/a, null in --out."""
+    zero = tmp_path / 'zero.json'
+    zero.write_text(json.dumps({'fp32': {'add': 0, 'mult': 0}}))
+    out = tmp_path / 'ops.json'
+    proc = run_tool([TOOL, ADDER_CFG, '--compare', CNN_CFG, '--energy', zero,
+                     '--no-per-layer', '--out', out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'saving n/a (ratio n/a' in proc.stdout
+    cmp = json.loads(out.read_text())['comparison']
+    assert cmp['energy_saving'] is None and cmp['energy_ratio'] is None
+    assert cmp['mults'] < cmp['mults_other']
+
+    # One side without energy: free additions make a bias-free adder layer
+    # cost nothing against a convolution.
+    from adder_mm.apis.op_count import compare, comparison_text
+    table = load_energy_table({'fp32': {'add': 0, 'mult': 1}})
+    x = torch.zeros(1, 2, 4, 4)
+    adder, conv = ({'config': name, 'ops': count_ops(layer, x)} for name,
+                   layer in (('adder', AdderConv2d(2, 3, 3, bias=False)),
+                             ('conv', nn.Conv2d(2, 3, 3, bias=False))))
+    summary = compare(adder, conv, 'fp32', table)
+    assert summary['energy_saving'] == 1 and summary['energy_ratio'] is None
+    assert 'energy 0.00 pJ vs 216.00 pJ: saving 100.0% (ratio n/a' in \
+        comparison_text(summary)

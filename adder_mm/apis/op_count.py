@@ -9,7 +9,12 @@ import warnings
 
 import torch
 
-from adder_mm.analysis.op_counter import _energy_pj, count_ops
+from adder_mm.analysis.op_counter import (
+    _counted_modules,
+    _energy_pj,
+    _first_tensor,
+    count_ops,
+)
 
 from .errors import ToolError
 from .runner import apply_cfg_options, load_config
@@ -36,7 +41,14 @@ def load_model(config, cfg_options=None):
     if 'model' not in cfg:
         raise ToolError(f'{config}: the config has no `model`')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    try:
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    except (KeyError, TypeError, ValueError, AssertionError,
+            AttributeError) as e:
+        # An unknown type name, a missing `type`, a bad argument value.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ToolError(f'{config}: the model cannot be built: '
+                        f'{type(e).__name__}: {msg}') from None
     model.eval()
     return model, cfg
 
@@ -84,6 +96,35 @@ def infer_channels(cfg):
     return 3
 
 
+class _ChannelMismatch(Exception):
+    """The first layer of the forward pass takes other input channels than
+    the input has: (layer name, layer class, its channels, the input's)."""
+
+
+def _channel_check(model):
+    """Forward pre-hooks that stop the pass before its first counted layer
+    runs when it is a 2-D convolution (or adder layer) whose in_channels
+    differ from its input's: that forward pass would fail there anyway, so
+    it fails before anything is counted or a CPU fallback allocates the
+    input. Returns the hook handles."""
+    counted = _counted_modules(model)
+    names = {id(m): n for n, m in counted}
+    seen = []
+
+    def pre_hook(mod, args):
+        if seen:
+            return
+        seen.append(mod)
+        x = _first_tensor(args)
+        want = getattr(mod, 'in_channels', None)
+        if want is not None and x is not None and x.dim() == 4 and \
+                x.shape[1] != want:
+            raise _ChannelMismatch(names[id(mod)], type(mod).__name__, want,
+                                   x.shape[1])
+
+    return [m.register_forward_pre_hook(pre_hook) for _, m in counted]
+
+
 def run_count(model, shape, channels, device):
     """Count one forward pass of a [1, C, H, W] zero input on ``device``."""
     from mmengine.model import BaseModel
@@ -95,10 +136,15 @@ def run_count(model, shape, channels, device):
 
     model.to(device)
     x = torch.zeros(1, channels, *shape, device=device)
-    with torch.no_grad(), warnings.catch_warnings():
-        # adder2d warns that meta tensors take its reference path.
-        warnings.simplefilter('ignore', RuntimeWarning)
-        return count_ops(model, x, forward=forward)
+    handles = _channel_check(model)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # adder2d warns that meta tensors take its reference path.
+            warnings.simplefilter('ignore', RuntimeWarning)
+            return count_ops(model, x, forward=forward)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def quantize_structure(model, path):
@@ -113,9 +159,15 @@ def quantize_structure(model, path):
 
 
 def count_config(config, shape=None, channels=None, device='meta',
-                 cfg_options=None, quantized=None):
+                 cfg_options=None, quantized=None, channels_from=None):
     """Count a config (with ``quantized``: its quantized checkpoint);
-    returns a dict with the ModelOps and its input."""
+    returns a dict with the ModelOps and its input.
+
+    Input channels that the model's first layer does not take, and a
+    forward pass that fails on the CPU (an input too large to allocate, or
+    too small for the model), are a ToolError; ``channels_from`` names
+    where ``channels`` came from in that message (default: --channels).
+    """
     model, cfg = load_model(config, cfg_options)
     spec = None
     if quantized:
@@ -128,16 +180,34 @@ def count_config(config, shape=None, channels=None, device='meta',
     c = infer_channels(cfg) if channels is None else channels
     dev = device
     try:
-        ops = run_count(model, (h, w), c, dev)
-    except (RuntimeError, NotImplementedError, TypeError) as e:
-        if dev != 'meta':
-            raise
-        # Data-dependent code cannot run on meta tensors; the weights were
-        # moved away, so rebuild on the CPU.
-        print(f'[{config}] cannot run on meta tensors ({e}); using cpu')
-        model, _ = load_model(config, cfg_options)
-        dev = 'cpu'
-        ops = run_count(model, (h, w), c, dev)
+        try:
+            ops = run_count(model, (h, w), c, dev)
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            if dev != 'meta':
+                raise
+            # Data-dependent code cannot run on meta tensors; the weights
+            # were moved away, so rebuild on the CPU.
+            print(f'[{config}] cannot run on meta tensors ({e}); using cpu')
+            model, _ = load_model(config, cfg_options)
+            dev = 'cpu'
+            ops = run_count(model, (h, w), c, dev)
+    except _ChannelMismatch as e:
+        name, cls, want, got = e.args
+        if channels is None:
+            fix = f'{got} inferred from the config; give --channels {want}'
+        else:
+            fix = (f'{channels_from or "--channels"}; to count a model '
+                   f'with {got} input channels, change its first layer, '
+                   f'e.g. --cfg-options model.backbone.in_channels={got}')
+        raise ToolError(
+            f'{config}: the model takes {want} input channels (its first '
+            f'layer {name} is a {cls} with in_channels={want}), not {got} '
+            f'({fix})') from None
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+        raise ToolError(
+            f'{config}: the forward pass on a {[1, c, h, w]} input failed '
+            f'on {dev} ({type(e).__name__}: {e}); check --shape and '
+            '--channels') from None
     name = config if spec is None else (
         f'{config} [{spec["method"]} {spec["bits"]}-bit]')
     return dict(config=name, input_shape=[1, c, h, w], shape_source=src,
@@ -228,7 +298,12 @@ def energy_table(results, bits, table):
 
 
 def compare(a, b, bits, table):
-    """Saving of config a against config b (usually AdderNet vs CNN)."""
+    """Saving of config a against config b (usually AdderNet vs CNN).
+
+    ``energy_saving`` (1 - energy a / energy b) is None when b uses no
+    energy, ``energy_ratio`` (energy b / energy a) when a uses none: an
+    energy table with 0 pJ per op is valid (e.g. free additions) but leaves
+    those fractions without a value (printed n/a, null in JSON)."""
     ta, tb = a['ops'].totals(), b['ops'].totals()
     ea, eb = a['ops'].energy_pj(bits, table), b['ops'].energy_pj(bits, table)
     return dict(
@@ -239,6 +314,22 @@ def compare(a, b, bits, table):
         energy_saving=(1 - ea / eb) if eb else None,
         energy_ratio=(eb / ea) if ea else None,
         mults_removed=tb['mults'] - ta['mults'])
+
+
+def comparison_text(summary):
+    """One line for a :func:`compare` summary; a saving or ratio without a
+    value (a model of 0 pJ) reads n/a."""
+    saving, ratio = summary['energy_saving'], summary['energy_ratio']
+    saving = 'n/a' if saving is None else f'{100 * saving:.1f}%'
+    ratio = ('ratio n/a: a model uses 0 pJ in this energy table'
+             if ratio is None else f'{ratio:.2f}x less')
+    return (f'{summary["config"]} vs {summary["against"]} '
+            f'({summary["bits"]}): mults {fmt(summary["mults"])} vs '
+            f'{fmt(summary["mults_other"])}, adds {fmt(summary["adds"])} vs '
+            f'{fmt(summary["adds_other"])}, energy '
+            f'{fmt_energy(summary["energy_pj"])} vs '
+            f'{fmt_energy(summary["energy_pj_other"])}: saving {saving} '
+            f'({ratio})')
 
 
 def plot(results, path, group_depth):

@@ -16,7 +16,9 @@ work_dirs/count_ops/<config name>), never into the current folder.
 ``--quantized Q.pth`` (a checkpoint of tools/quantize.py) also counts the
 quantized model, whose integer ops are priced at their own precision
 (int8 subtractions, int32 accumulations), next to the float model and
-``--compare``; ``--markdown`` writes that energy table.
+``--compare``; ``--markdown`` writes that energy table. An ``--energy`` table
+may price an op at 0 pJ; a model left without energy then has no saving or
+ratio against the other (n/a, null in --out).
 """
 import argparse
 import json
@@ -32,10 +34,9 @@ from adder_mm.apis import (
 )
 from adder_mm.apis.op_count import (
     compare,
+    comparison_text,
     count_config,
     energy_table,
-    fmt,
-    fmt_energy,
     plot,
     report,
 )
@@ -52,7 +53,8 @@ def parse_args(argv=None):
         'config pipeline, else 224')
     parser.add_argument(
         '--channels', type=int, default=None,
-        help='input channels; default: from data_preprocessor mean, else 3')
+        help='input channels, those of the model\'s first layer; default: '
+        'from data_preprocessor mean, else 3')
     parser.add_argument('--compare', default=None,
                         help='second config (e.g. the CNN twin)')
     parser.add_argument('--bits', default='fp32',
@@ -60,7 +62,8 @@ def parse_args(argv=None):
                         '(or a row added by --energy)')
     parser.add_argument('--energy', default=None,
                         help='JSON {bits: {"add": pJ, "mult": pJ}} '
-                        'overriding/extending the 45 nm table')
+                        'overriding/extending the 45 nm table (0 pJ allowed; '
+                        'a --compare saving without value reads n/a)')
     parser.add_argument(
         '--quantized', default=None,
         help='a quantized checkpoint of CONFIG (tools/quantize.py): count '
@@ -151,9 +154,9 @@ def main(argv=None):
     if args.compare:
         # Same input as the first model, so the two counts are comparable.
         shape = tuple(results[0]['input_shape'][2:])
-        results.append(count_config(args.compare, shape,
-                                    results[0]['input_shape'][1],
-                                    args.device, args.cfg_options))
+        results.append(count_config(
+            args.compare, shape, results[0]['input_shape'][1], args.device,
+            args.cfg_options, channels_from=f'the input of {args.config}'))
     for r in results:
         print(report(r, args.bits, args.table, args.group_depth,
                      args.per_layer))
@@ -176,14 +179,7 @@ def main(argv=None):
             print(f'wrote {args.markdown} (section {args.section})')
     if args.compare:
         summary = compare(results[-2], results[-1], args.bits, args.table)
-        print(f'\n{results[-2]["config"]} vs {results[-1]["config"]} '
-              f'({args.bits}): mults {fmt(summary["mults"])} vs '
-              f'{fmt(summary["mults_other"])}, adds {fmt(summary["adds"])} '
-              f'vs {fmt(summary["adds_other"])}, energy '
-              f'{fmt_energy(summary["energy_pj"])} vs '
-              f'{fmt_energy(summary["energy_pj_other"])}: saving '
-              f'{100 * summary["energy_saving"]:.1f}% '
-              f'({summary["energy_ratio"]:.2f}x less)')
+        print('\n' + comparison_text(summary))
     if args.out:
         doc = dict(
             bits=args.bits, energy_table_pj=args.table,
