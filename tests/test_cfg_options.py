@@ -24,6 +24,58 @@ def digits_cfg():
     return Config.fromfile(ADDER_CFG)
 
 
+def test_cfg_options_accept_existing_keys_and_constructor_args(digits_cfg):
+    opts = {
+        'train_cfg.max_epochs': 2,
+        # not in the config: arguments of the classes the dicts build
+        'model.backbone.frozen_stages': 1,  # ResNet, through **kwargs
+        'optim_wrapper.optimizer.nesterov': True,  # torch.optim.SGD
+        'train_cfg.val_begin': 2,  # EpochBasedTrainLoop (no type)
+        'train_dataloader.dataset.pipeline.1.crop_size': 30,  # list index
+    }
+    assert check_cfg_options(digits_cfg, opts) == opts
+
+
+def test_cfg_options_hook_arguments(digits_cfg):
+    """CheckpointHook's **kwargs go to Runner.save_checkpoint, not to a
+    base class, and a hook without an __init__ takes nothing: typos there
+    were accepted and failed at the first save (or did nothing)."""
+    ok = {'default_hooks.checkpoint.max_keep_ckpts': 1}
+    assert check_cfg_options(digits_cfg, ok) == ok
+    for key, hint in (('default_hooks.checkpoint.max_keep_ckpt',
+                       'did you mean default_hooks.checkpoint.'
+                       'max_keep_ckpts?'),
+                      ('default_hooks.visualization.enabl',
+                       'did you mean default_hooks.visualization.enable?'),
+                      ('default_hooks.param_scheduler.by_epoch',
+                       'no such key')):
+        with pytest.raises(ToolError) as e:
+            check_cfg_options(digits_cfg, {key: 1})
+        assert hint in str(e.value)
+
+
+def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
+    assert check_cfg_options(digits_cfg, {'+model.backbone.my_arg': 1}) == {
+        'model.backbone.my_arg': 1}
+    with pytest.raises(ToolError, match='exists already; drop the +'):
+        check_cfg_options(digits_cfg, {'+train_cfg.max_epochs': 1})
+
+
+@pytest.mark.parametrize('key, message', [
+    ('model.backbone.depht', r'did you mean model.backbone.depth\?'),
+    ('model.bakbone.depth', r"\('bakbone' is not in model\); did you mean "
+     r'model.backbone.depth\?'),
+    ('train_dataloader.dataset.pipeline.7.crop_size',
+     r'is a list of 3 items; address one by its index 0\.\.2'),
+    ('train_cfg.max_epochs.x', r'train_cfg.max_epochs is \d+ \(a int\), '
+     'which has no keys'),
+    ('a..b', 'empty part'),
+])
+def test_cfg_options_errors(digits_cfg, key, message):
+    with pytest.raises(ToolError, match=message):
+        check_cfg_options(digits_cfg, {key: 1})
+
+
 def _tool(name):
     """tools/<name>.py as a module (its parse_args and merge_args)."""
     spec = importlib.util.spec_from_file_location(

@@ -15,7 +15,6 @@ from mmengine.config import Config
 import adder_mm  # noqa: F401
 from adder_mm.apis import (
     ToolError,
-    check_cfg_options,
     prepare_data_roots,
     read_checkpoint,
 )
@@ -80,62 +79,10 @@ def test_count_ops_checks_cfg_options_and_checkpoints(bad_checkpoints,
 
 
 @pytest.fixture(scope='module')
-def digits_cfg():
+def registered():
+    """MMPretrain's and adder_mm's classes in MMEngine's registries."""
     from mmpretrain.utils import register_all_modules
     register_all_modules(init_default_scope=False)
-    return Config.fromfile(ADDER_CFG)
-
-
-def test_cfg_options_accept_existing_keys_and_constructor_args(digits_cfg):
-    opts = {
-        'train_cfg.max_epochs': 2,
-        # not in the config: arguments of the classes the dicts build
-        'model.backbone.frozen_stages': 1,  # ResNet, through **kwargs
-        'optim_wrapper.optimizer.nesterov': True,  # torch.optim.SGD
-        'train_cfg.val_begin': 2,  # EpochBasedTrainLoop (no type)
-        'train_dataloader.dataset.pipeline.1.crop_size': 30,  # list index
-    }
-    assert check_cfg_options(digits_cfg, opts) == opts
-
-
-def test_cfg_options_hook_arguments(digits_cfg):
-    """CheckpointHook's **kwargs go to Runner.save_checkpoint, not to a
-    base class, and a hook without an __init__ takes nothing: typos there
-    were accepted and failed at the first save (or did nothing)."""
-    ok = {'default_hooks.checkpoint.max_keep_ckpts': 1}
-    assert check_cfg_options(digits_cfg, ok) == ok
-    for key, hint in (('default_hooks.checkpoint.max_keep_ckpt',
-                       'did you mean default_hooks.checkpoint.'
-                       'max_keep_ckpts?'),
-                      ('default_hooks.visualization.enabl',
-                       'did you mean default_hooks.visualization.enable?'),
-                      ('default_hooks.param_scheduler.by_epoch',
-                       'no such key')):
-        with pytest.raises(ToolError) as e:
-            check_cfg_options(digits_cfg, {key: 1})
-        assert hint in str(e.value)
-
-
-def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
-    assert check_cfg_options(digits_cfg, {'+model.backbone.my_arg': 1}) == {
-        'model.backbone.my_arg': 1}
-    with pytest.raises(ToolError, match='exists already; drop the +'):
-        check_cfg_options(digits_cfg, {'+train_cfg.max_epochs': 1})
-
-
-@pytest.mark.parametrize('key, message', [
-    ('model.backbone.depht', r'did you mean model.backbone.depth\?'),
-    ('model.bakbone.depth', r"\('bakbone' is not in model\); did you mean "
-     r'model.backbone.depth\?'),
-    ('train_dataloader.dataset.pipeline.7.crop_size',
-     r'is a list of 3 items; address one by its index 0\.\.2'),
-    ('train_cfg.max_epochs.x', r'train_cfg.max_epochs is \d+ \(a int\), '
-     'which has no keys'),
-    ('a..b', 'empty part'),
-])
-def test_cfg_options_errors(digits_cfg, key, message):
-    with pytest.raises(ToolError, match=message):
-        check_cfg_options(digits_cfg, {key: 1})
 
 
 # --- checkpoints ---------------------------------------------------------
@@ -412,7 +359,7 @@ def test_complete_cifar_folder_passes(tmp_path):
     prepare_data_roots(cfg, str(cfg_file))
 
 
-def test_download_true_skips_the_folder_check(tmp_path, digits_cfg):
+def test_download_true_skips_the_folder_check(tmp_path, registered):
     cfg_file = tmp_path / 'cifar.py'
     cfg_file.write_text(CIFAR_USER_CFG)
     cfg = Config.fromfile(str(cfg_file))
@@ -495,3 +442,50 @@ def test_count_ops_outputs_go_to_the_work_dir(tmp_path, run_tool):
 def test_default_outputs_are_ignored_by_git():
     ignored = open(osp.join(REPO, '.gitignore')).read().split()
     assert 'work_dirs/' in ignored
+
+
+def test_count_ops_names_an_input_or_model_it_cannot_count(tmp_path,
+                                                           run_tool):
+    """Input channels the model does not take, an input too large to
+    allocate, an unknown model type or a constructor argument the backbone
+    refuses gave tracebacks (RuntimeError, KeyError)."""
+    unknown = tmp_path / 'unknown.py'
+    unknown.write_text(f'_base_ = {ADDER_CFG!r}\n'
+                       "model = dict(backbone=dict(type='NopeNet'))\n")
+    for args, message in (
+            (['--channels', '1'], 'the model takes 3 input channels (its '
+             'first layer backbone.conv1 is a Conv2d with in_channels=3), '
+             'not 1'),
+            # refused on meta tensors, never allocated on the CPU
+            (['--channels', '100000000'], 'takes 3 input channels'),
+            (['--channels', '1', '--device', 'cpu'],
+             'takes 3 input channels'),
+            (['--shape', '10000000000'], 'the forward pass on a [1, 3, '
+             '10000000000, 10000000000] input failed on cpu'),
+            (['--cfg-options', 'model.backbone.depth=33'],
+             'the model cannot be built: KeyError: AdderResNet_CIFAR: '
+             'invalid depth 33')):
+        refused(run_tool([COUNT_OPS, ADDER_CFG, '--no-per-layer'] + args,
+                         cwd=str(tmp_path)), message)
+    refused(run_tool([COUNT_OPS, str(unknown)], cwd=str(tmp_path)),
+            'NopeNet is not in the mmpretrain::model registry')
+    assert os.listdir(tmp_path) == ['unknown.py']
+
+
+def test_empty_split_folder_is_reported(tmp_path, registered):
+    """An ImageNet root whose val/ folder exists but is empty passed the
+    check and failed inside mmpretrain after the Runner was built."""
+    config = osp.join(REPO, 'configs', 'adder_r18_imagenet.py')
+    cfg = Config.fromfile(config)
+    root = tmp_path / 'imagenet'
+    (root / 'train' / 'n01440764').mkdir(parents=True)
+    (root / 'val').mkdir()
+    for field in ('train_dataloader', 'val_dataloader'):
+        cfg[field].dataset.data_root = str(root)
+    with pytest.raises(ToolError) as e:
+        prepare_data_roots(cfg, config, ('train_dataloader', 'val_dataloader'))
+    assert 'val_dataloader.dataset.data_root' in str(e.value)
+    assert 'its val/ folder is empty' in str(e.value)
+    assert 'train_dataloader' not in str(e.value)
+    (root / 'val' / 'n01440764').mkdir()
+    prepare_data_roots(cfg, config, ('train_dataloader', 'val_dataloader'))

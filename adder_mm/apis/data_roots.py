@@ -119,7 +119,10 @@ def _root_problem(path, cls, ds):
         return None
     split = ds.get('split')
     prefix = ds.get('data_prefix')
-    if split and not prefix and cls is not None and \
-            not osp.isdir(osp.join(path, split)):
-        return f'no {split}/ folder in it'
+    if split and not prefix and cls is not None:
+        folder = osp.join(path, split)
+        if not osp.isdir(folder):
+            return f'no {split}/ folder in it'
+        if not any(True for _ in os.scandir(folder)):
+            return f'its {split}/ folder is empty'
     return None
