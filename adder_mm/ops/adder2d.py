@@ -41,10 +41,13 @@ def _load_ops():
 
 def _ops_for(x):
     """The compiled ops if the extension has a kernel for x's device and
-    dtype, else None (the caller uses the reference)."""
+    dtype (on meta tensors: its fake kernels), else None (the caller uses
+    the reference, which on meta tensors still loops over its chunks)."""
     if _load_ops() is None:
         return None
     dev = x.device.type
+    if dev == 'meta':  # the fake kernels: shapes only, any dtype
+        return _ops
     if dev == 'cuda' and not _ext_cuda:
         return None
     if x.dtype not in _EXT_DTYPES.get(dev, ()):
