@@ -338,6 +338,39 @@ def test_checkpoint_round_trip_and_atomic_save(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['q.pth', 'sub']
 
 
+def test_quantized_checkpoint_in_a_float_model(tmp_path):
+    """MMPretrain's init_model(config, quantized.pth) loads non-strictly:
+    the float model kept its random weights (10% top-1 on the digits) with
+    a printed warning. The float layer now refuses a quantized layer's
+    state, and load_quantized_checkpoint converts the model first."""
+    from mmengine.runner import load_checkpoint
+
+    from adder_mm.quantization import load_quantized_checkpoint
+    net = make_net()
+    spec = quantize_model(net, batches(2), num_batches=2, bits=8)
+    path = tmp_path / 'q.pth'
+    save_quantized(net, spec, str(path))
+    for load in (lambda m: load_checkpoint(m, str(path), strict=False),
+                 lambda m: m.load_state_dict(
+                     torch.load(path, weights_only=True)['state_dict'],
+                     strict=False)):
+        with pytest.raises(RuntimeError, match=r'^a: the state dict holds a '
+                           r'quantized adder layer .*load_quantized_'
+                           r'checkpoint\(model, path\)'):
+            load(make_net(seed=3))
+    fresh = make_net(seed=3)
+    ckpt = load_quantized_checkpoint(fresh, str(path))
+    assert ckpt['meta']['quantization'] == spec
+    x = batches(1, seed=9)[0]
+    torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
+    # a float checkpoint loads as it is
+    torch.save({'state_dict': make_net(seed=5).state_dict()},
+               tmp_path / 'f.pth')
+    fresh = make_net(seed=3)
+    assert load_quantized_checkpoint(fresh, str(tmp_path / 'f.pth'))
+    torch.testing.assert_close(fresh(x), make_net(seed=5)(x), rtol=0, atol=0)
+
+
 # --- the tools on a trained digits model ---------------------------------
 
 ADDER_CFG = osp.join(REPO, 'configs', 'adder_r20_digits.py')

@@ -7,8 +7,9 @@ from .ptq import (
                   convert_structure,
                   quantize_model,
 )
+from .runner import load_quantized_checkpoint
 
 __all__ = [
     'METHODS', 'CalibrationError', 'adder_layers', 'calibrate',
-    'convert_structure', 'quantize_model'
+    'convert_structure', 'load_quantized_checkpoint', 'quantize_model'
 ]

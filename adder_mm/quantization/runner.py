@@ -50,6 +50,25 @@ def prepare_for_checkpoint(model, checkpoint):
     return spec
 
 
+def load_quantized_checkpoint(model, filename, map_location='cpu',
+                              strict=True):
+    """Load a checkpoint of tools/quantize.py into the float model of its
+    config: the adder layers it names become QuantAdderConv2d first (a
+    float checkpoint loads as it is). MMPretrain's ``init_model(config,
+    checkpoint)`` cannot do that step; use ``init_model(config)`` and then
+    this.
+
+    Returns:
+        dict: the checkpoint (``meta['quantization']`` is its spec).
+    """
+    from mmengine.runner import CheckpointLoader, load_state_dict
+    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location)
+    prepare_for_checkpoint(model, checkpoint)
+    state = checkpoint.get('state_dict', checkpoint)
+    load_state_dict(model, state, strict=strict)
+    return checkpoint
+
+
 def save_quantized(model, spec, path, extra_meta=None):
     """Write the quantized model's state dict with its spec, atomically
     (a temporary file renamed into place: nothing half-written)."""

@@ -92,6 +92,19 @@ class AdderConv2d(nn.Module):
         return adder2d(x, self.weight, self.bias, self.stride, self.padding,
                        self.dilation, self.groups)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A quantized layer's state (QuantAdderConv2d: qweight, scale, ...)
+        # in a float model: a non-strict load (MMEngine's load_checkpoint,
+        # MMPretrain's init_model) kept the random weights with a warning.
+        if prefix + 'qweight' in state_dict:
+            raise RuntimeError(
+                f'{prefix[:-1] or "AdderConv2d"}: the state dict holds a '
+                'quantized adder layer (qweight): a quantized checkpoint '
+                '(tools/quantize.py) loads only into a model with quantized '
+                'layers; use adder_mm.quantization.load_quantized_checkpoint'
+                '(model, path), or tools/test.py')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self):
         s = (f'{self.in_channels}, {self.out_channels}, '
              f'kernel_size={self.kernel_size}, stride={self.stride}')
