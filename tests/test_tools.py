@@ -295,3 +295,18 @@ def test_cnn_twin_differs_only_in_conv_type():
         if key in ('filename', ):
             continue
         assert adder.get(key) == cnn.get(key), key
+
+
+def test_gpu_check_help_starts_nothing(tmp_path):
+    """gpu_check.sh --help started the check (and a build on a GPU
+    machine), making work_dirs/gpu_check in the current folder."""
+    script = osp.join(REPO, 'tools', 'gpu_check.sh')
+    proc = subprocess.run(['bash', script, '--help'], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('One prepared check of the CUDA kernels')
+    assert 'OUT=/some/dir bash tools/gpu_check.sh' in proc.stdout
+    proc = subprocess.run(['bash', script, 'now'], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'no arguments' in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,18 @@
 # Each step's status goes to summary.txt; a failed test step does not stop the
 # benchmark. Exit status: 0 when every step passed.
 set -u
+case "${1:-}" in
+  -h | --help)
+    # The comment block above, without its '#'.
+    sed -n '2,/^set -u/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "gpu_check.sh: no arguments (set OUT=DIR); see --help" >&2
+    exit 2
+    ;;
+esac
 
 OUT=${OUT:-$PWD/work_dirs/gpu_check}
 mkdir -p "$OUT"

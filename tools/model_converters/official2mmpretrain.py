@@ -1,6 +1,6 @@
 """Convert the AdderNet paper's released checkpoints to adder_mm checkpoints.
 
-    python tools/model_converters/official2mmpretrain.py SRC DST \
+    python tools/model_converters/official2mmpretrain.py SRC DST \\
         --arch {resnet20,resnet32,resnet50}
 
 DST loads with strict=True into the model of configs/adder_r20_cifar10.py,
