@@ -99,12 +99,13 @@ def top1(metrics):
 def main(argv=None):
     args = parse_args(argv)
     # A bad file stops the tool before anything is built.
+    check = dict(strict=True, quantized='refuse')
     runner, ckpt = build_runner(args, merge_args,
                                 ('train_dataloader', 'test_dataloader'),
-                                checkpoint=args.checkpoint)
+                                checkpoint=args.checkpoint, check=check)
     model = bare_model(runner)
-    check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='refuse', ckpt=ckpt)
+    check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,
+                     **check)
     from adder_mm.quantization import CalibrationError, quantize_model
     from adder_mm.quantization.runner import (
         calibration_loader,

@@ -152,12 +152,13 @@ def main(argv=None):
     # the tool there) and compared with the model before testing: the
     # Runner's own load (in test()) only warns on a mismatch and would test
     # a partly random network. Costs a second read of the file.
+    check = dict(strict=True, quantized='convert')
     runner, ckpt = build_runner(args, merge_args, ('test_dataloader', ),
-                                checkpoint=args.checkpoint)
+                                checkpoint=args.checkpoint, check=check)
     model = bare_model(runner)
     # A quantized checkpoint (tools/quantize.py) gets its integer layers.
-    check_checkpoint(args.checkpoint, model, strict=True,
-                     config=args.config, quantized='convert', ckpt=ckpt)
+    check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,
+                     **check)
     from adder_mm.models.layers import QuantAdderConv2d
     from adder_mm.quantization.runner import quantized_spec
     spec = quantized_spec(ckpt or {})

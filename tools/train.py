@@ -190,7 +190,8 @@ def main(argv=None):
     # Heavy imports after the argument checks, so bad use fails fast.
     runner, ckpt = build_runner(args, merge_args,
                                 ('train_dataloader', 'val_dataloader'),
-                                checkpoint=resume, what='--resume checkpoint')
+                                checkpoint=resume, what='--resume checkpoint',
+                                check=dict(strict=True))
     check_start_checkpoint(runner, (resume, ckpt))
     add_default_hooks(runner)
     start = time.perf_counter()

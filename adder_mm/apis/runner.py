@@ -1,6 +1,7 @@
 """Building MMEngine's Runner for the tools: config, command line, the
 checks that run before anything is built, and the hooks every adder_mm
 training run gets."""
+import copy
 import os
 import os.path as osp
 import sys
@@ -8,7 +9,7 @@ import sys
 from adder_mm.utils.markdown import check_section
 
 from .cfg_options import check_cfg_options
-from .checkpoints import read_checkpoint
+from .checkpoints import check_checkpoint, read_checkpoint
 from .data_roots import LOADERS, prepare_data_roots
 from .errors import ToolError
 
@@ -185,12 +186,32 @@ def tool_config(args, merge):
     return drop_idle_persistent_workers(merge(cfg, args))
 
 
-def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint'):
+def _check_before_building(cfg, path, ckpt, what, config, check):
+    """check_checkpoint(**check) against a model built from the config,
+    so that a checkpoint made for another model stops the tool before the
+    Runner writes its work dir, log and config copy (a second build of
+    the model, on the CPU: mmpretrain's ResNet cannot be built on the meta
+    device). A model that cannot be built here is left to the tool's own
+    check after the Runner is built."""
+    from mmengine.registry import MODELS, DefaultScope
+    try:
+        with DefaultScope.overwrite_default_scope(
+                cfg.get('default_scope', None)):
+            model = MODELS.build(copy.deepcopy(cfg.model))
+    except Exception:  # noqa: BLE001 (checked again after the build)
+        return
+    check_checkpoint(path, model, what=what, config=config, ckpt=ckpt,
+                     **check)
+
+
+def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint',
+                 check=None):
     """Load ``args.config`` with the command line applied (tool_config),
     check the data roots of ``loaders`` and the CPU launch, read
     ``checkpoint`` (read_checkpoint; ``what`` names its role in messages)
-    and build the Runner. Raises ToolError on bad use, before anything is
-    built.
+    and, with ``check`` (check_checkpoint's strict/quantized), compare it
+    with the config's model, then build the Runner. Raises ToolError on bad
+    use, before anything is built.
 
     Returns:
         (Runner, the checkpoint's contents or None without ``checkpoint``
@@ -207,6 +228,9 @@ def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint'):
     prepare_data_roots(cfg, args.config, loaders)
     prepare_cpu_distributed(cfg)
     ckpt = read_checkpoint(checkpoint, what) if checkpoint else None
+    if ckpt is not None and check is not None:
+        _check_before_building(cfg, checkpoint, ckpt, what, args.config,
+                               check)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg), ckpt
     return Runner.from_cfg(cfg), ckpt
