@@ -5,6 +5,7 @@ pickle (HistoryBuffer, numpy arrays/dtypes/scalars): runner checkpoints resume,
 and a pickle that references any other callable is still refused.
 """
 import builtins
+import copy
 import operator
 import os
 import pickle
@@ -449,7 +450,11 @@ def test_resume_refuses_another_optimizers_state(saved, config, refused):
     cfg = Config(dict(optim_wrapper=dict(optimizer=config)))
     ckpt = _optimizer_ckpt(saved)
     if refused is None:
+        before = copy.deepcopy(ckpt)
         check_optimizer_state(ckpt, cfg, 'x.pth')
+        # the stand-in step left the checkpoint's state as it was
+        for key, value in before['optimizer']['state'][0].items():
+            assert torch.equal(ckpt['optimizer']['state'][0][key], value)
         return
     with pytest.raises(ToolError) as e:
         check_optimizer_state(ckpt, cfg, 'x.pth')

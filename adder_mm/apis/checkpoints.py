@@ -1,6 +1,7 @@
 """Open a checkpoint with torch's safe loader and say exactly what is wrong
 with it: missing, empty, truncated, not a checkpoint, refused by the safe
 loader, or not matching the model."""
+import copy
 import os.path as osp
 import pickle
 import re
@@ -269,8 +270,10 @@ def check_optimizer_state(ckpt, cfg, path, what='--resume checkpoint'):
     if not ids:
         return
     group = next(g for g in saved['param_groups'] if ids[0] in g['params'])
-    one = {'state': {0: saved['state'][ids[0]]} if ids[0] in saved['state']
-           else {}, 'param_groups': [dict(group, params=[0])]}
+    # A copy: loading keeps the tensors and the step updates them in place.
+    one = copy.deepcopy({
+        'state': {0: saved['state'][ids[0]]} if ids[0] in saved['state']
+        else {}, 'param_groups': [dict(group, params=[0])]})
     error = _stand_in_step(optimizer_cfg, scope, one)
     if error is None:
         return
