@@ -190,6 +190,21 @@ def test_test_tool_reproduces_logged_accuracy(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_test_tool_with_tta(trained, tmp_path):
+    """--tta wraps the model (tta_model.module): the checkpoint is compared
+    with the wrapped model, before and after the Runner is built."""
+    cfg, work_dir = trained
+    out = str(tmp_path / 'metrics.json')
+    proc = run_tool([sys.executable, TEST, cfg,
+                     osp.join(work_dir, 'epoch_2.pth'), '--tta', '--work-dir',
+                     str(tmp_path / 'test'), '--out', out,
+                     '--out-item', 'metrics'])
+    check_ok(proc)
+    with open(out) as f:
+        assert 0 <= json.load(f)['accuracy/top1'] <= 100
+
+
+@pytest.mark.slow
 def test_inferencer_on_image_file(trained, tmp_path):
     import mmcv
     from mmpretrain.apis import ImageClassificationInferencer

@@ -200,8 +200,10 @@ def _check_before_building(cfg, path, ckpt, what, config, check):
             model = MODELS.build(copy.deepcopy(cfg.model))
     except Exception:  # noqa: BLE001 (checked again after the build)
         return
-    check_checkpoint(path, model, what=what, config=config, ckpt=ckpt,
-                     **check)
+    # The model the checkpoint belongs to, without a --tta wrapper (as
+    # bare_model does after the build).
+    check_checkpoint(path, getattr(model, 'module', model), what=what,
+                     config=config, ckpt=ckpt, **check)
 
 
 def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint',
