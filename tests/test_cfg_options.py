@@ -107,6 +107,12 @@ def _tool(name):
     'model_wrapper_cfg.find_unused_parameters',
     'log_processor.window_size',  # LogProcessor
     'data_preprocessor.to_rgb',  # ClsDataPreprocessor
+    'model.data_preprocessor.type',
+    'train_cfg.type',  # a loop's type (or train_cfg.by_epoch) picks it
+    'model_wrapper_cfg.type',
+    'find_unused_parameters',  # read by MMEngine's DDP wrapper
+    # every key of a custom_keys entry goes into the parameter group
+    'optim_wrapper.paramwise_cfg.custom_keys.backbone.momentum',
 ])
 def test_keys_the_runner_reads_are_accepted(digits_cfg, key):
     assert check_cfg_options(digits_cfg, {key: 1}) == {key: 1}
@@ -136,6 +142,26 @@ def test_misspelt_runner_keys_are_refused(digits_cfg, key, message):
         check_cfg_options(digits_cfg, {key: 1})
 
 
+def test_keys_below_absent_dicts(digits_cfg):
+    """paramwise_cfg on a config without optim_wrapper gave an
+    AttributeError traceback; a loop's by_epoch when the config has no
+    train_cfg was refused; a data_preprocessor is checked against the
+    class it builds (the top-level one's type: MAE's SelfSupDataPreprocessor
+    has bgr_to_rgb)."""
+    from mmengine.config import Config as Cfg
+    bare = Cfg(dict(model=dict(type='ImageClassifier')))
+    with pytest.raises(ToolError, match='optim_wrapper.paramwise_cfg.x: no '
+                       'such key'):
+        check_cfg_options(bare, {'optim_wrapper.paramwise_cfg.x': 1})
+    for key in ('optim_wrapper.paramwise_cfg.norm_decay_mult',
+                'train_cfg.by_epoch'):
+        assert check_cfg_options(bare, {key: 1}) == {key: 1}
+    cfg = digits_cfg.copy()
+    cfg.data_preprocessor = dict(type='SelfSupDataPreprocessor')
+    key = 'model.data_preprocessor.bgr_to_rgb'
+    assert check_cfg_options(cfg, {key: True}) == {key: True}
+
+
 def test_other_constructors_paramwise_cfg_is_not_checked(digits_cfg):
     cfg = digits_cfg.copy()
     cfg.optim_wrapper.constructor = 'LearningRateDecayOptimWrapperConstructor'
@@ -154,8 +180,12 @@ def test_unbalanced_brackets_are_a_usage_error(capsys):
     assert e.value.code == 2
     assert ('--cfg-options model.backbone.out_indices=[1,2: Imbalanced '
             'brackets') in capsys.readouterr().err
-    args = parser.parse_args(['--cfg-options', 'a.b=[1,(2,3)]', 'c="x[y"'])
+    args = parser.parse_args(['--cfg-options', 'a.b=[1,(2,3)]', 'c=x[y'])
     assert args.cfg_options == {'a.b': [1, (2, 3)], 'c': 'x[y'}
+    # mismatched kinds: a RecursionError inside DictAction
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--cfg-options', 'a=(1,[2)]'])
+    assert 'a=(1,[2)]: mismatched brackets' in capsys.readouterr().err
 
 
 def test_options_address_the_config_before_the_tools_flags(tmp_path):
@@ -180,6 +210,31 @@ def test_options_address_the_config_before_the_tools_flags(tmp_path):
     assert cfg.model.module.backbone.depth == 32
     # the option reached the pipeline that --tta derived from it
     assert cfg.tta_pipeline[0].scale == 36
+
+
+def test_options_against_the_command_line(tmp_path):
+    """--amp makes the wrapper an AmpOptimWrapper before the options are
+    checked (optim_wrapper.loss_scale was refused once they went first);
+    keys only a flag sets are refused instead of silently overwritten; an
+    option beats a tool's default."""
+    train = _tool('train')
+    args = train.parse_args([ADDER_CFG, '--cfg-options',
+                             'optim_wrapper.loss_scale=512',
+                             f'work_dir={tmp_path / "option"}'])
+    args.amp = True  # parse_args refuses --amp without a GPU
+    cfg = tool_config(args, train.merge_args, train.OWNED, train.amp_wrapper)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 512
+    assert cfg.work_dir == str(tmp_path / 'option')
+    for tool, argv, key, flag in (
+            ('train', [ADDER_CFG], 'launcher=pytorch', '--launcher'),
+            ('test', [ADDER_CFG, 'x.pth'], 'load_from=y.pth', 'CHECKPOINT'),
+            ('quantize', [ADDER_CFG, 'x.pth'], 'work_dir=w', '--work-dir')):
+        module = _tool(tool)
+        args = module.parse_args(argv + ['--cfg-options', key])
+        with pytest.raises(ToolError, match=f'{key.split("=")[0]} \\(use '
+                           f'.*{flag}'):
+            tool_config(args, module.merge_args, module.OWNED)
 
 
 def test_flags_win_over_options(tmp_path):

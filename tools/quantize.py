@@ -81,6 +81,11 @@ def parse_args(argv=None):
     return args
 
 
+# Keys only the command line sets: refused in --cfg-options.
+OWNED = {'launcher': 'nothing: quantize.py runs one process',
+         'load_from': 'the CHECKPOINT argument', 'work_dir': '--work-dir'}
+
+
 def merge_args(cfg, args):
     cfg.launcher = 'none'
     cfg.work_dir = args.work_dir or osp.join(
@@ -102,7 +107,8 @@ def main(argv=None):
     check = dict(strict=True, quantized='refuse')
     runner, ckpt = build_runner(args, merge_args,
                                 ('train_dataloader', 'test_dataloader'),
-                                checkpoint=args.checkpoint, check=check)
+                                checkpoint=args.checkpoint, check=check,
+                                owned=OWNED)
     model = bare_model(runner)
     check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,
                      **check)

@@ -87,9 +87,13 @@ def parse_args(argv=None):
     return args
 
 
+# Keys only the command line sets: refused in --cfg-options.
+OWNED = {'launcher': '--launcher', 'load_from': 'the CHECKPOINT argument'}
+
+
 def merge_args(cfg, args):
     """Apply the tool's flags to the config (flags > --cfg-options, which
-    build_runner merged first > config > defaults)."""
+    build_runner merged first > defaults > config)."""
     from mmengine.config import ConfigDict
 
     cfg.launcher = args.launcher
@@ -154,7 +158,8 @@ def main(argv=None):
     # a partly random network. Costs a second read of the file.
     check = dict(strict=True, quantized='convert')
     runner, ckpt = build_runner(args, merge_args, ('test_dataloader', ),
-                                checkpoint=args.checkpoint, check=check)
+                                checkpoint=args.checkpoint, check=check,
+                                owned=OWNED)
     model = bare_model(runner)
     # A quantized checkpoint (tools/quantize.py) gets its integer layers.
     check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,

@@ -89,9 +89,22 @@ def parse_args(argv=None):
     return args
 
 
+# Keys only a flag sets: refused in --cfg-options.
+OWNED = {'launcher': '--launcher', 'resume': '--resume'}
+
+
+def amp_wrapper(cfg, args):
+    """--amp: AmpOptimWrapper (before --cfg-options are checked, so that
+    optim_wrapper.loss_scale / dtype are known keys)."""
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
 def merge_args(cfg, args):
     """Apply the tool's flags to the config (flags > --cfg-options, which
-    build_runner merged first > config > defaults)."""
+    build_runner merged first > defaults > config; --amp in
+    amp_wrapper)."""
     from mmengine.config import ConfigDict
 
     if args.no_validate:
@@ -106,10 +119,6 @@ def merge_args(cfg, args):
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
-
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
     if args.resume == 'auto':
         cfg.resume = True
@@ -191,7 +200,8 @@ def main(argv=None):
     runner, ckpt = build_runner(args, merge_args,
                                 ('train_dataloader', 'val_dataloader'),
                                 checkpoint=resume, what='--resume checkpoint',
-                                check=dict(strict=True))
+                                check=dict(strict=True), owned=OWNED,
+                                retype=amp_wrapper)
     check_start_checkpoint(runner, (resume, ckpt))
     add_default_hooks(runner)
     start = time.perf_counter()

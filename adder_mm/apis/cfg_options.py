@@ -27,9 +27,14 @@ def cfg_options_action():
                         'train_cfg.max_epochs=3; +key=value adds a new key)')
                 try:
                     super().__call__(parser, namespace, [kv], option_string)
-                except (AssertionError, ValueError) as e:
-                    parser.error(f'{option_string} {kv}: {e} (quote a value '
-                                 'that is text: key="a[b")')
+                except (AssertionError, ValueError, RecursionError) as e:
+                    # RecursionError: brackets of two kinds that cross.
+                    why = 'mismatched brackets' if isinstance(
+                        e, RecursionError) else e
+                    parser.error(
+                        f'{option_string} {kv}: {why} (MMEngine reads a '
+                        'value with a comma as a list or tuple: brackets '
+                        'must pair up)')
 
     return CfgOptionsAction
 
@@ -78,9 +83,11 @@ def _loop_class(cfg, field):
 
 # Top-level keys read outside Runner.__init__: by Runner.from_cfg/wrap_model/
 # train (model_wrapper_cfg, compile), MMEngine's Config (custom_imports),
-# MMPretrain's test-time augmentation (tta_model, tta_pipeline).
+# MMPretrain's test-time augmentation (tta_model, tta_pipeline), and
+# find_unused_parameters (MMEngine's DDP wrapper, prepare_cpu_distributed).
 ROOT_EXTRA_KEYS = {'runner_type', 'model_wrapper_cfg', 'compile',
-                   'custom_imports', 'tta_model', 'tta_pipeline'}
+                   'custom_imports', 'tta_model', 'tta_pipeline',
+                   'find_unused_parameters'}
 # Keys Runner.build_dataloader takes out of a dataloader dict before the
 # rest goes to torch's DataLoader.
 LOADER_EXTRA_KEYS = {'dataset', 'sampler', 'batch_sampler', 'collate_fn',
@@ -102,8 +109,9 @@ def _paramwise_schema(cfg, path, scope):
         PARENT_CUSTOM_KEY_OPTIONS,
         PARENT_PARAMWISE_KEYS,
     )
+    optim_wrapper = cfg.get('optim_wrapper', None) or {}
     cls = _registered_class(
-        cfg.optim_wrapper.get('constructor', 'DefaultOptimWrapperConstructor'),
+        optim_wrapper.get('constructor', 'DefaultOptimWrapperConstructor'),
         scope)
     if hasattr(cls, 'paramwise_keys'):
         keys, options = cls.paramwise_keys, cls.custom_key_options
@@ -114,8 +122,34 @@ def _paramwise_schema(cfg, path, scope):
     if len(path) == 2:
         return set(keys), False
     if path[2] == 'custom_keys' and len(path) <= 4:
-        # custom_keys.<any parameter-name part>.<option>
-        return (set(), True) if len(path) == 3 else (set(options), False)
+        # custom_keys.<any parameter-name part>.<option>: the constructor's
+        # options, and any argument of the optimizer (MMEngine copies every
+        # key of an entry into the parameter group: lr, momentum, ...).
+        if len(path) == 3:
+            return set(), True
+        optimizer = _registered_class(
+            (optim_wrapper.get('optimizer', None) or {}).get('type', None),
+            scope)
+        if optimizer is None:
+            return set(), True
+        names, open_kwargs = _accepted_args(optimizer)
+        return set(options) | (names - {'params'}), open_kwargs
+    return None
+
+
+def _data_preprocessor_class(cfg, scope):
+    """The class a type-less data_preprocessor builds: the top-level
+    data_preprocessor's type (MMPretrain merges it into the model's), else
+    ClsDataPreprocessor for MMPretrain's classifiers; None if unknown."""
+    top = cfg.get('data_preprocessor', None) or {}
+    if top.get('type', None):
+        return _registered_class(top['type'], scope)
+    model = _registered_class((cfg.get('model', None) or {}).get('type'),
+                              scope)
+    classifier = _registered_class('ImageClassifier', 'mmpretrain')
+    if model is not None and classifier is not None and \
+            issubclass(model, classifier):
+        return _registered_class('ClsDataPreprocessor', 'mmpretrain')
     return None
 
 
@@ -143,7 +177,9 @@ def _schema(cfg, path, node, scope):
         extra = ROOT_EXTRA_KEYS
     elif path in (('train_cfg', ), ('val_cfg', ), ('test_cfg', )) and \
             'type' not in node:
+        # Runner.build_*_loop: a type, or (train) by_epoch picks the loop.
         cls = _loop_class(cfg, path[0])
+        extra = {'type', 'by_epoch'} if path[0] == 'train_cfg' else {'type'}
     elif path == ('optim_wrapper', ):
         cls = typed or OptimWrapper
         extra = {'type', 'constructor', 'paramwise_cfg'}
@@ -165,14 +201,13 @@ def _schema(cfg, path, node, scope):
     elif path == ('auto_scale_lr', ):
         return set(AUTO_SCALE_LR_KEYS), False
     elif path == ('log_processor', ):
-        cls = typed or LogProcessor
+        cls, extra = typed or LogProcessor, {'type'}
     elif path == ('model_wrapper_cfg', ) and 'type' not in node:
         from mmengine.model import MMDistributedDataParallel
-        cls = MMDistributedDataParallel
+        cls, extra = MMDistributedDataParallel, {'type'}
     elif path in (('data_preprocessor', ), ('model', 'data_preprocessor')) \
             and 'type' not in node:
-        # MMPretrain's classifiers default to ClsDataPreprocessor.
-        cls = _registered_class('ClsDataPreprocessor', 'mmpretrain')
+        cls, extra = _data_preprocessor_class(cfg, scope), {'type'}
     else:
         cls = typed
     if cls is None:

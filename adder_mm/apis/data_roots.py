@@ -100,15 +100,20 @@ def prepare_data_roots(cfg, config_path, fields=LOADERS):
             fetch + '. configs/adder_r20_digits.py needs no dataset folder.')
 
 
+def _is_empty(folder):
+    """True/False, or the reason the folder cannot be read."""
+    try:
+        return not any(True for _ in os.scandir(folder))
+    except OSError as e:
+        return f'cannot be read ({e.strerror})'
+
+
 def _root_problem(path, cls, ds):
     if not osp.isdir(path):
         return 'the folder does not exist'
-    try:
-        empty = not any(True for _ in os.scandir(path))
-    except OSError as e:
-        return f'the folder cannot be read ({e.strerror})'
+    empty = _is_empty(path)
     if empty:
-        return 'the folder is empty'
+        return 'the folder ' + ('is empty' if empty is True else empty)
     expected = _expected_files(cls, path)
     missing = [f for f in expected if not osp.isfile(f)]
     if missing:
@@ -123,6 +128,8 @@ def _root_problem(path, cls, ds):
         folder = osp.join(path, split)
         if not osp.isdir(folder):
             return f'no {split}/ folder in it'
-        if not any(True for _ in os.scandir(folder)):
-            return f'its {split}/ folder is empty'
+        empty = _is_empty(folder)
+        if empty:
+            return f'its {split}/ folder ' + ('is empty' if empty is True
+                                               else empty)
     return None

@@ -8,7 +8,7 @@ import sys
 
 from adder_mm.utils.markdown import check_section
 
-from .cfg_options import check_cfg_options
+from .cfg_options import NEW_KEY_PREFIX, check_cfg_options
 from .checkpoints import check_checkpoint, read_checkpoint
 from .data_roots import LOADERS, prepare_data_roots
 from .errors import ToolError
@@ -176,13 +176,30 @@ def add_default_hooks(runner):
                            ' (list them in custom_hooks to configure them)')
 
 
-def tool_config(args, merge):
+def tool_config(args, merge, owned=None, retype=None):
     """``args.config`` loaded, with ``args.cfg_options`` and then the tool's
-    own flags (``merge(cfg, args)``) applied. The options address the
-    config file as written, so they go first; the flags then reshape it
-    (--no-validate drops the val_* dicts, --tta wraps the model) and win
-    over them (--work-dir, --amp)."""
-    cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
+    own flags (``merge(cfg, args)``) applied.
+
+    The options address the config file as written, so they go first; the
+    flags then reshape it (--no-validate drops the val_* dicts, --tta wraps
+    the model) and win over them where both set a value (--work-dir); the
+    tools' defaults (a work dir named after the config) leave an option's
+    value alone. ``owned`` {key: flag}: keys only a flag may set (the
+    launcher, the checkpoint to test), refused in the options.
+    ``retype(cfg, args)``: flags that change which class a dict builds
+    (train.py --amp: AmpOptimWrapper), applied before the options are
+    checked, so that those can name the new class's arguments.
+    """
+    cfg = load_config(args.config)
+    if retype is not None:
+        retype(cfg, args)
+    options = args.cfg_options or {}
+    taken = [f'{key} (use {flag})' for key, flag in (owned or {}).items()
+             if key in options or NEW_KEY_PREFIX + key in options]
+    if taken:
+        raise ToolError('--cfg-options: set by the command line, not the '
+                        'options: ' + ', '.join(taken))
+    cfg = apply_cfg_options(cfg, options)
     return drop_idle_persistent_workers(merge(cfg, args))
 
 
@@ -207,13 +224,14 @@ def _check_before_building(cfg, path, ckpt, what, config, check):
 
 
 def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint',
-                 check=None):
-    """Load ``args.config`` with the command line applied (tool_config),
-    check the data roots of ``loaders`` and the CPU launch, read
-    ``checkpoint`` (read_checkpoint; ``what`` names its role in messages)
-    and, with ``check`` (check_checkpoint's strict/quantized), compare it
-    with the config's model, then build the Runner. Raises ToolError on bad
-    use, before anything is built.
+                 check=None, owned=None, retype=None):
+    """Load ``args.config`` with the command line applied (tool_config,
+    which takes ``owned`` and ``retype``), check the data roots of
+    ``loaders`` and the CPU launch, read ``checkpoint`` (read_checkpoint;
+    ``what`` names its role in messages) and, with ``check``
+    (check_checkpoint's strict/quantized), compare it with the config's
+    model, then build the Runner. Raises ToolError on bad use, before
+    anything is built.
 
     Returns:
         (Runner, the checkpoint's contents or None without ``checkpoint``
@@ -226,7 +244,7 @@ def build_runner(args, merge, loaders, checkpoint=None, what='checkpoint',
     import adder_mm  # noqa: F401  (registers models, datasets, hooks)
 
     register_all_modules(init_default_scope=False)
-    cfg = tool_config(args, merge)
+    cfg = tool_config(args, merge, owned, retype)
     prepare_data_roots(cfg, args.config, loaders)
     prepare_cpu_distributed(cfg)
     ckpt = read_checkpoint(checkpoint, what) if checkpoint else None
