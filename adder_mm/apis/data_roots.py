@@ -100,10 +100,11 @@ def prepare_data_roots(cfg, config_path, fields=LOADERS):
             fetch + '. configs/adder_r20_digits.py needs no dataset folder.')
 
 
-def _is_empty(folder):
-    """True/False, or the reason the folder cannot be read."""
+def _emptiness(folder):
+    """'is empty', 'cannot be read (why)', or None for a folder with
+    entries."""
     try:
-        return not any(True for _ in os.scandir(folder))
+        return None if any(True for _ in os.scandir(folder)) else 'is empty'
     except OSError as e:
         return f'cannot be read ({e.strerror})'
 
@@ -111,9 +112,9 @@ def _is_empty(folder):
 def _root_problem(path, cls, ds):
     if not osp.isdir(path):
         return 'the folder does not exist'
-    empty = _is_empty(path)
-    if empty:
-        return 'the folder ' + ('is empty' if empty is True else empty)
+    problem = _emptiness(path)
+    if problem:
+        return f'the folder {problem}'
     expected = _expected_files(cls, path)
     missing = [f for f in expected if not osp.isfile(f)]
     if missing:
@@ -128,8 +129,7 @@ def _root_problem(path, cls, ds):
         folder = osp.join(path, split)
         if not osp.isdir(folder):
             return f'no {split}/ folder in it'
-        empty = _is_empty(folder)
-        if empty:
-            return f'its {split}/ folder ' + ('is empty' if empty is True
-                                               else empty)
+        problem = _emptiness(folder)
+        if problem:
+            return f'its {split}/ folder {problem}'
     return None

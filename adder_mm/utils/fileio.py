@@ -18,6 +18,14 @@ def write_atomic(path, write):
             os.remove(tmp)
 
 
+def write_text_atomic(path, text, encoding='utf-8'):
+    """Write the string ``text`` to ``path`` through :func:`write_atomic`."""
+    def write(tmp):
+        with open(tmp, 'w', encoding=encoding) as f:
+            f.write(text)
+    write_atomic(path, write)
+
+
 def register_atomic_local_backend():
     """Make MMEngine's local file backend write through
     :func:`write_atomic`: the Runner's checkpoints (written in place by

@@ -3,7 +3,7 @@ each between two markers of its own, so a tool rewrites its table and
 nothing else, and nobody retypes a measured number."""
 import os.path as osp
 
-from .fileio import write_atomic
+from .fileio import write_text_atomic
 
 
 def markers(name):
@@ -45,10 +45,4 @@ def write_section(path, name, body):
     """Write ``body`` into section ``name`` of the markdown file ``path``
     (created if missing)."""
     text = open(path).read() if osp.isfile(path) else ''
-    new = replace_section(text, name, body)
-
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.write(new)
-
-    write_atomic(path, write)
+    write_text_atomic(path, replace_section(text, name, body))

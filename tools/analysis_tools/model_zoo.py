@@ -19,7 +19,7 @@ import sys
 
 from adder_mm.apis import check_markdown_path, check_out_path, run_tool
 from adder_mm.apis.model_zoo import SECTION, regenerate
-from adder_mm.utils.fileio import write_atomic
+from adder_mm.utils.fileio import write_text_atomic
 
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -69,10 +69,7 @@ def main(argv=None):
             '; run python tools/analysis_tools/model_zoo.py')
     if not args.check:
         for path, text in stale.items():
-            def write(tmp, text=text):
-                with open(tmp, 'w', encoding='utf-8') as f:
-                    f.write(text)
-            write_atomic(path, write)
+            write_text_atomic(path, text)
     print('\n'.join('updated ' + _shown(p) for p in stale) or 'up to date')
 
 
