@@ -139,7 +139,8 @@ def run_count(model, shape, channels, device):
     handles = _channel_check(model)
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # adder2d warns that meta tensors take its reference path.
+            # Without the compiled extension adder2d warns that it takes
+            # the reference path (meta tensors included).
             warnings.simplefilter('ignore', RuntimeWarning)
             return count_ops(model, x, forward=forward)
     finally:
