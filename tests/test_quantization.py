@@ -469,6 +469,54 @@ def test_torch_ao_baseline_on_the_cnn_twin(trained, tmp_path, tool):
     assert 'torch-ao, 8-bit' in proc.stdout + proc.stderr
 
 
+QAT_CFG = osp.join(REPO, 'configs', 'adder_r20_digits_int4_qat.py')
+
+
+@pytest.mark.slow
+def test_qat_from_a_float_checkpoint_to_integers(trained, tmp_path, tool):
+    """The QAT config fine-tunes the float model; tools/train.py adds the
+    calibration hook where the config lacks it; --resume keeps the grids;
+    quantize.py converts on them (the integer model scores what the QAT
+    model scored) and test.py evaluates the result."""
+    ckpt, _ = trained
+    config = tmp_path / 'qat_no_hook.py'
+    config.write_text(f'_base_ = {QAT_CFG!r}\n'
+                      "custom_hooks = [dict(type='ExactResumeHook')]\n")
+    work = tmp_path / 'qat'
+    base = [osp.join('tools', 'train.py'), str(config), '--work-dir',
+            str(work), '--cfg-options', f'load_from={ckpt}']
+    proc = tool(base + ['train_cfg.max_epochs=1'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'QATCalibrationHook (the model has QAT layers)' in log
+    assert 'QATCalibrationHook: 20 QAT layer grids set from 8 batches' in log
+    proc = tool(base + ['train_cfg.max_epochs=2', '--resume'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'every QAT layer has its grid from the checkpoint' in \
+        proc.stdout + proc.stderr
+    qat = str(work / 'epoch_2.pth')
+    out = tmp_path / 'q4.pth'
+    proc = tool([osp.join('tools', 'quantize.py'), QAT_CFG, qat, '--out',
+                 str(out), '--calib-batches', '2', '--work-dir',
+                 str(tmp_path / 'w')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'shared, 20 layers on their QAT grids, 4-bit' in log
+    fl, qu = map(float, QUANT.search(log).groups())
+    assert qu > 30.0
+    assert abs(qu - fl) <= 0.6  # at most 2 of the 359 images change
+    proc = tool([osp.join('tools', 'test.py'), QAT_CFG, str(out),
+                 '--work-dir', str(tmp_path / 't')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = float(re.findall(r'accuracy/top1: ([\d.]+)',
+                              proc.stdout + proc.stderr)[-1])
+    assert tested == pytest.approx(qu, abs=0.006)
+    proc = tool([osp.join('tools', 'quantize.py'), QAT_CFG, qat, '--bits',
+                 '8', '--work-dir', str(tmp_path / 'w')])
+    assert proc.returncode == 2 and 'trained for 4-bit integers' in \
+        proc.stderr, proc.stderr[-2000:]
+
+
 def test_op_counter_prices_quantized_ops_at_their_precision():
     from adder_mm.analysis.op_counter import count_ops, load_energy_table
     net = make_net()
@@ -530,3 +578,7 @@ def test_quant_sweep_checks_its_outputs_and_inputs_first(tmp_path, tool):
                  '--seeds', '0', '--markdown', str(tmp_path / 'ok.md')])
     assert proc.returncode == 1 and 'no trained checkpoint' in proc.stderr
     assert not (tmp_path / 'ok.md').exists()
+    proc = tool([sweep, ADDER_CFG, '--seeds-dir', str(tmp_path / 'none'),
+                 '--qat', str(tmp_path / 'missing_qat.py')])
+    assert proc.returncode == 1 and 'missing_qat.py: no such file' in \
+        proc.stderr, proc.stderr

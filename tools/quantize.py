@@ -1,8 +1,11 @@
-"""Post-training quantization of a trained AdderNet from its config.
+"""Quantization of a trained AdderNet from its config: post-training, or
+the conversion of a quantization-aware trained one to integers.
 
     python tools/quantize.py configs/adder_r20_digits.py CKPT.pth \\
         --bits 8 --method shared --calib-batches 8 --out Q.pth
     python tools/test.py configs/adder_r20_digits.py Q.pth
+    python tools/quantize.py configs/adder_r20_digits_int4_qat.py \\
+        QAT_CKPT.pth --out Q4.pth
 
 Evaluates the float model on the config's test set, calibrates on
 ``--calib-batches`` batches of its training images (test pipeline), replaces
@@ -12,7 +15,9 @@ per group of output channels, see adder_mm/quantization/ptq.py; both with
 empirical bias correction unless ``--no-bias-correction``), evaluates
 again and prints float vs quantized top-1. ``--out`` saves the quantized
 checkpoint, which tools/test.py evaluates like any other. Stem conv, BN and
-classifier stay float. ``--method torch-ao`` applies PyTorch's own INT8
+classifier stay float. A model with QATAdderConv2d layers (a QAT config
+and its checkpoint) is converted on the grids it was trained on (``shared``,
+its bits). ``--method torch-ao`` applies PyTorch's own INT8
 post-training quantization (x86 engine) to a CNN's backbone instead: the
 reference point for the CNN twins (nothing is saved).
 """
@@ -33,12 +38,14 @@ from adder_mm.apis import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Post-training quantization of an AdderNet')
+        description='Quantize a trained AdderNet (post-training, or after '
+        'quantization-aware training)')
     parser.add_argument('config', help='the config the model was trained with')
-    parser.add_argument('checkpoint', help='float checkpoint')
-    parser.add_argument('--bits', type=int, default=8,
+    parser.add_argument('checkpoint', help='float (or QAT) checkpoint')
+    parser.add_argument('--bits', type=int, default=None,
                         choices=range(2, 9), metavar='{2..8}',
-                        help='bits of weights and inputs (default 8)')
+                        help='bits of weights and inputs (default: those a '
+                        'QAT model was trained for, else 8)')
     parser.add_argument('--method', default='shared',
                         choices=['shared', 'grouped', 'torch-ao'],
                         help='shared: one grid per layer; grouped: one grid '
@@ -72,7 +79,7 @@ def parse_args(argv=None):
         parser.error('--groups must be >= 1')
     if not 50 < args.act_percentile <= 100:
         parser.error('--act-percentile must be in (50, 100]')
-    if args.method == 'torch-ao' and args.bits != 8:
+    if args.method == 'torch-ao' and args.bits not in (None, 8):
         parser.error("--method torch-ao is PyTorch's INT8 quantization: "
                      '--bits 8')
     if args.method == 'torch-ao' and args.out:
@@ -140,6 +147,8 @@ def main(argv=None):
             float_metrics=float_metrics, quant_metrics=quant_metrics))
     f, q = top1(float_metrics), top1(quant_metrics)
     bc = '' if spec.get('bias_correction', True) else ', no bias correction'
+    if spec.get('qat_layers'):  # "float": the QAT model before conversion
+        bc += f', {spec["qat_layers"]} layers on their QAT grids'
     scores = (f'top-1 float {f:.2f}, quantized {q:.2f} ({q - f:+.2f})'
               if f is not None and q is not None else
               f'float {float_metrics}, quantized {quant_metrics}')
@@ -152,8 +161,12 @@ def main(argv=None):
     if f is not None and q is not None and q < f / 2:
         runner.logger.warning(
             f'the quantized model lost more than half its top-1 ({f:.2f} -> '
-            f'{q:.2f})' + (': try --method grouped, or more bits'
-                           if args.method == 'shared' else ''))
+            f'{q:.2f})' + (': try --method grouped, more bits, or '
+                           "quantization-aware training (conv_cfg type "
+                           "'QATAdder', e.g. configs/"
+                           'adder_r20_digits_int4_qat.py)'
+                           if args.method == 'shared' and
+                           not spec.get('qat_layers') else ''))
     return float_metrics, quant_metrics, spec
 
 

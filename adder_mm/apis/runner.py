@@ -161,10 +161,20 @@ def add_default_hooks(runner):
     lists them: ExactResumeHook (exact ``--resume``), and for models with
     adder layers BNRecalibrationHook (BN statistics that match the weights
     whenever the model is evaluated or saved; see its docstring for why
-    adders need it). A CNN without adder layers gets no BN hook."""
-    from adder_mm.engine import BNRecalibrationHook, ExactResumeHook
+    adders need it), and for models with QATAdderConv2d layers
+    QATCalibrationHook (their quantization grids before the first step). A
+    CNN without adder layers gets no BN hook."""
+    from adder_mm.engine import (
+        BNRecalibrationHook,
+        ExactResumeHook,
+        QATCalibrationHook,
+    )
+    from adder_mm.quantization.ptq import qat_layers
     present = {type(h) for h in runner.hooks}
     added = []
+    if QATCalibrationHook not in present and qat_layers(runner.model):
+        runner.register_hook(QATCalibrationHook())
+        added.append('QATCalibrationHook (the model has QAT layers)')
     if ExactResumeHook not in present:
         runner.register_hook(ExactResumeHook())
         added.append('ExactResumeHook')

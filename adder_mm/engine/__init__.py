@@ -1,8 +1,8 @@
 """Training-engine parts registered into MMEngine's root registries."""
-from .hooks import BNRecalibrationHook, ExactResumeHook
+from .hooks import BNRecalibrationHook, ExactResumeHook, QATCalibrationHook
 from .optimizers import AdderGradNormalizer, AdderOptimWrapperConstructor
 
 __all__ = [
     'AdderGradNormalizer', 'AdderOptimWrapperConstructor',
-    'BNRecalibrationHook', 'ExactResumeHook'
+    'BNRecalibrationHook', 'ExactResumeHook', 'QATCalibrationHook'
 ]

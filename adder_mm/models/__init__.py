@@ -1,13 +1,20 @@
-"""AdderConv2d and QuantAdderConv2d (torch alone; registered into MMEngine's
-MODELS where MMEngine is installed); the adder ResNets and the head (need
-MMPretrain, which they subclass). Without MMPretrain, e.g. in an MMDetection
-or MMSegmentation environment, the layers are still registered, so
-``conv_cfg=dict(type='Adder')`` works in those backbones."""
+"""AdderConv2d, QATAdderConv2d and QuantAdderConv2d (torch alone;
+registered into MMEngine's MODELS where MMEngine is installed); the adder
+ResNets and the head (need MMPretrain, which they subclass). Without
+MMPretrain, e.g. in an MMDetection or MMSegmentation environment, the layers
+are still registered, so ``conv_cfg=dict(type='Adder')`` works in those
+backbones."""
 import importlib.util
 
-from .layers import AdderConv2d, QuantAdderConv2d, count_adder_layers
+from .layers import (
+    AdderConv2d,
+    QATAdderConv2d,
+    QuantAdderConv2d,
+    count_adder_layers,
+)
 
-__all__ = ['AdderConv2d', 'QuantAdderConv2d', 'count_adder_layers']
+__all__ = ['AdderConv2d', 'QATAdderConv2d', 'QuantAdderConv2d',
+           'count_adder_layers']
 
 _NEED_MMPRETRAIN = ('AdderResNet', 'AdderResNetV1c', 'AdderResNetV1d',
                     'AdderResNet_CIFAR', 'LinearBNClsHead')

@@ -211,22 +211,67 @@ def quantize_to_grid(x, lo, scale, qmax):
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
         raise TypeError('quantize_to_grid: x must be a float32 tensor, got '
                         f'{getattr(x, "dtype", type(x).__name__)}')
-    if not 1 <= int(qmax) <= 255:
-        raise ValueError(f'quantize_to_grid: qmax must be in 1..255, got '
-                         f'{qmax}')
-    lo, scale = float(lo), float(scale)
-    if not (scale > 0 and math.isfinite(scale) and math.isfinite(lo)):
-        raise ValueError('quantize_to_grid: scale must be positive and '
-                         f'finite, lo finite; got lo={lo}, scale={scale}')
+    lo, scale = _check_grid('quantize_to_grid', lo, scale, qmax)
     if _ops is not None and x.device.type in ('cpu', 'meta'):
         return _ops[2](x, lo, scale, int(qmax))
     return quantize_to_grid_reference(x, lo, scale, qmax)
 
 
+def _check_grid(op, lo, scale, qmax):
+    """(lo, scale) as floats, or a ValueError naming ``op``."""
+    if not 1 <= int(qmax) <= 255:
+        raise ValueError(f'{op}: qmax must be in 1..255, got {qmax}')
+    lo, scale = float(lo), float(scale)
+    if not (scale > 0 and math.isfinite(scale) and math.isfinite(lo)):
+        raise ValueError(f'{op}: scale must be positive and finite, lo '
+                         f'finite; got lo={lo}, scale={scale}')
+    return lo, scale
+
+
 def quantize_to_grid_reference(x, lo, scale, qmax):
     """quantize_to_grid in PyTorch ops (the tests' oracle)."""
-    q = torch.round((x - float(lo)) / float(scale)).clamp_(0, int(qmax))
-    return q.to(torch.uint8)
+    return _grid_codes(x, lo, scale, qmax).to(torch.uint8)
+
+
+def _grid_codes(x, lo, scale, qmax):
+    """The codes ``clamp(round((x - lo) / scale), 0, qmax)`` as floats of
+    x's dtype: the one formula of quantize_to_grid and its fake twin."""
+    if not isinstance(lo, torch.Tensor):
+        lo, scale = float(lo), float(scale)
+    return torch.round((x - lo) / scale).clamp_(0, int(qmax))
+
+
+def fake_quantize_to_grid(x, lo, scale, qmax):
+    """x replaced by its grid point ``lo + scale * q`` (q as
+    :func:`quantize_to_grid` gives it), with the straight-through gradient
+    of quantization-aware training: 1 where lo <= x <= lo + scale * qmax,
+    0 outside (the clamp's gradient).
+
+    Args:
+        x (Tensor): floating point, any shape; computed in float32 (the
+            integer layer's arithmetic) and returned in x's dtype.
+        lo, scale (float): the grid (scale > 0, both finite).
+        qmax (int): 1..255, the largest code (2^bits - 1).
+
+    Returns:
+        Tensor: x's shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError('fake_quantize_to_grid: x must be a floating point '
+                        f'tensor, got {getattr(x, "dtype", type(x).__name__)}')
+    lo, scale = _check_grid('fake_quantize_to_grid', lo, scale, qmax)
+    return fake_quantize_unchecked(x, lo, scale, qmax)
+
+
+def fake_quantize_unchecked(x, lo, scale, qmax):
+    """fake_quantize_to_grid without its checks; lo and scale may also be
+    0-dim float32 tensors on x's device (no host synchronisation)."""
+    x32 = x.float()
+    with torch.no_grad():
+        snapped = _grid_codes(x32, lo, scale, qmax) * scale + lo
+    # snapped exactly in value (inside - inside is 0), the clamp's gradient.
+    inside = x32.clamp(lo, lo + scale * int(qmax))
+    return (snapped + (inside - inside.detach())).to(x.dtype)
 
 
 def _blocks(n, ho, wo, k, budget):

@@ -1,9 +1,11 @@
-"""Post-training quantization of AdderNets (integer adder layers)."""
+"""Quantization of AdderNets (integer adder layers): post-training, and
+conversion after quantization-aware training."""
 from .ptq import (
                   METHODS,
                   CalibrationError,
                   adder_layers,
                   calibrate,
+                  calibrate_qat,
                   convert_structure,
                   quantize_model,
 )
@@ -11,5 +13,6 @@ from .runner import load_quantized_checkpoint
 
 __all__ = [
     'METHODS', 'CalibrationError', 'adder_layers', 'calibrate',
+    'calibrate_qat',
     'convert_structure', 'load_quantized_checkpoint', 'quantize_model'
 ]

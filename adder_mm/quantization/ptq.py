@@ -15,10 +15,19 @@ Two methods (``method``):
   exactly on the activation grid (see QuantAdderConv2d). A layer with conv
   ``groups`` > 1 (depthwise, grouped) keeps its channels in one cluster: a
   cluster must hold whole conv groups in their order.
+
+Quantization-aware training (``calibrate_qat``) fixes the shared grid of
+each QATAdderConv2d before training; ``quantize_model`` then converts those
+layers on their own grid, so the integer model computes what was trained.
 """
 import torch
 
-from adder_mm.models.layers import AdderConv2d, QuantAdderConv2d
+from adder_mm.models.layers import (
+    AdderConv2d,
+    QATAdderConv2d,
+    QuantAdderConv2d,
+)
+from adder_mm.ops import quantize_to_grid_reference
 
 METHODS = ('shared', 'grouped')
 # Values of one layer's inputs kept for the percentile (a random sample).
@@ -171,6 +180,69 @@ def _on_grid(lo, hi, qmax):
     return lo, scale
 
 
+def shared_grid(stats, weight, qmax):
+    """(lo, scale) of the one grid per layer ('shared'): spans the
+    calibrated input range, the weights and 0.0 (exact on the grid)."""
+    lo = min(stats.min, float(weight.min()), 0.)
+    hi = max(stats.max, float(weight.max()), 0.)
+    return _on_grid(lo, hi, qmax)
+
+
+def input_grid(stats, qmax, act_percentile):
+    """(lo, scale) of a grid over the calibrated inputs alone, clipped at
+    ``act_percentile`` (mirrored below for inputs that go negative; 0.0
+    inside and exact)."""
+    if act_percentile >= 100:  # the extremes, not the sample's
+        hi, lo = max(stats.max, 0.), min(stats.min, 0.)
+    else:
+        hi = max(stats.percentile(act_percentile), 0.)
+        lo = 0. if stats.min >= 0 else min(
+            stats.percentile(100. - act_percentile), 0.)
+    return _on_grid(lo, hi, qmax)
+
+
+def qat_layers(model):
+    """(name, module) of every QATAdderConv2d of ``model``."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, QATAdderConv2d)]
+
+
+def calibrate_qat(model, batches, num_batches=8, forward=default_forward,
+                  recalibrate=False, act_percentile=99.99):
+    """Fix the grid of every QATAdderConv2d of ``model`` that has none (all
+    of them with ``recalibrate``) from ``num_batches`` of ``batches``: a
+    grid over the float model's inputs to the layer, clipped at
+    ``act_percentile`` (as the 'grouped' method clips them). The weights
+    are not in it: the fake quantizer clamps them into it, and training
+    learns with that clamp (the integer layer computes the same). Run it
+    before quantization-aware training (QATCalibrationHook does, in
+    MMEngine).
+
+    Returns:
+        dict: {layer name: (lo, scale)} of the layers it set.
+
+    Raises:
+        CalibrationError: no QATAdderConv2d layers, no calibration data.
+    """
+    check_percentile(act_percentile, 'calibrate_qat')
+    layers = qat_layers(model)
+    if not layers:
+        raise CalibrationError(
+            'calibrate_qat: the model has no QATAdderConv2d layers (build it '
+            "with conv_cfg=dict(type='QATAdder', bits=...))")
+    todo = [(n, m) for n, m in layers if recalibrate or not m.calibrated]
+    if not todo:
+        return {}
+    for _, m in todo:  # the float layer's inputs, as PTQ sees them
+        m.set_grid(float('nan'), float('nan'))
+    stats, _, _ = calibrate(model, batches, num_batches, forward)
+    grids = {}
+    for name, m in todo:
+        m.set_grid(*input_grid(stats[name], m.qmax, act_percentile))
+        grids[name] = m.grid()  # as stored (float32)
+    return grids
+
+
 def _cluster_channels(lo, hi, k, iters=25):
     """Cluster channels by (lo, hi) of their weights into at most k groups
     (deterministic: initial centres at quantiles of the range width)."""
@@ -199,20 +271,16 @@ def plan_layer(layer, stats, bits, method, num_groups, act_percentile):
     o = w.shape[0]
     bias = (layer.bias.detach().double().cpu() if layer.bias is not None
             else torch.zeros(o, dtype=torch.float64))
+    trained = layer.grid() if isinstance(layer, QATAdderConv2d) else None
     if method == 'shared':
-        lo = min(stats.min, float(w.min()), 0.)
-        hi = max(stats.max, float(w.max()), 0.)
-        lo, scale = _on_grid(lo, hi, qmax)
+        lo, scale = trained or shared_grid(stats, w, qmax)
         groups = [torch.arange(o)]
         ranges = [(lo, scale)]
         act_lo, act_hi = lo, lo + scale * qmax
         clamped, const = w, torch.zeros(o, dtype=torch.float64)
         rem = 0.
     else:
-        act_hi = max(stats.percentile(act_percentile), 0.)
-        act_lo = 0. if stats.min >= 0 else min(
-            stats.percentile(100. - act_percentile), 0.)
-        act_lo, rem = _on_grid(act_lo, act_hi, qmax)
+        act_lo, rem = input_grid(stats, qmax, act_percentile)
         act_hi = act_lo + rem * qmax
         clamped = w.clamp(act_lo, act_hi)
         const = (w - clamped).abs().flatten(1).sum(1)
@@ -236,6 +304,9 @@ def plan_layer(layer, stats, bits, method, num_groups, act_percentile):
     for idx, (glo, scale) in zip(groups, ranges):
         qw[idx] = torch.round((clamped[idx] - glo) / scale).clamp(
             0, qmax).to(torch.uint8)
+    if trained:  # the codes the training's forward used, bit for bit
+        qw = quantize_to_grid_reference(layer.weight.detach().float().cpu(),
+                                        lo, scale, qmax)
     device = layer.weight.device
     q.qweight.copy_(qw[perm])
     q.perm.copy_(perm)
@@ -254,6 +325,14 @@ def _set_module(model, name, module):
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def check_percentile(act_percentile, who='quantize'):
+    if isinstance(act_percentile, bool) or \
+            not isinstance(act_percentile, (int, float)) or \
+            not 50. < act_percentile <= 100.:
+        raise CalibrationError(f'{who}: act_percentile must be a number in '
+                               f'(50, 100], got {act_percentile!r}')
+
+
 def check_bits(bits):
     if not isinstance(bits, int) or isinstance(bits, bool) or \
             not 2 <= bits <= 8:
@@ -261,7 +340,29 @@ def check_bits(bits):
                                f'(they are stored as bytes), got {bits!r}')
 
 
-def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
+def _trained_bits(model, bits, method):
+    """``bits`` checked against the model's calibrated QAT layers (None:
+    theirs, or 8 without any)."""
+    trained = {m.bits for _, m in qat_layers(model) if m.calibrated}
+    if not trained:
+        return 8 if bits is None else bits
+    if len(trained) > 1:
+        raise CalibrationError(
+            'quantize: the QAT layers were trained at different bit widths '
+            f'{sorted(trained)}; a quantized model has one')
+    qat_bits, = trained
+    if bits is not None and bits != qat_bits:
+        raise CalibrationError(
+            f'quantize: the model was trained for {qat_bits}-bit integers '
+            f'(QATAdderConv2d), not {bits}: pass bits={qat_bits} (or None)')
+    if method != 'shared':
+        raise CalibrationError(
+            "quantize: a QAT-trained model is converted on its trained grid "
+            f"(method 'shared'), not {method!r}")
+    return qat_bits
+
+
+def quantize_model(model, batches, num_batches=8, bits=None, method='shared',
                    num_groups=4, act_percentile=99.99, bias_correction=True,
                    forward=default_forward):
     """Post-training quantization of the adder layers of ``model``, in place.
@@ -272,8 +373,10 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
         batches (iterable): calibration data (e.g. a DataLoader over
             training images with the test pipeline).
         num_batches (int): batches of ``batches`` to calibrate on.
-        bits (int): 2..8.
-        method (str): 'shared' or 'grouped' (module docstring).
+        bits (int): 2..8; None: the bits of the model's QAT layers, or 8.
+        method (str): 'shared' or 'grouped' (module docstring); a model
+            trained with QATAdderConv2d layers takes 'shared', on the grid
+            it was trained on.
         num_groups (int): output-channel groups per layer ('grouped').
         act_percentile (float): upper percentile of a layer's inputs kept
             ('grouped'; the lower one mirrors it for inputs that go
@@ -291,17 +394,17 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
         CalibrationError: no adder layers, bad arguments, no calibration
         data. Nothing is changed then.
     """
-    check_bits(bits)
     if method not in METHODS:
         raise CalibrationError(f'quantize: method must be one of {METHODS}, '
                                f'got {method!r}')
+    if bits is not None:
+        check_bits(bits)
+    bits = _trained_bits(model, bits, method)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or \
             num_groups < 1:
         raise CalibrationError('quantize: num_groups must be a positive int, '
                                f'got {num_groups!r}')
-    if not 50. < act_percentile <= 100.:
-        raise CalibrationError('quantize: act_percentile must be in (50, '
-                               f'100], got {act_percentile!r}')
+    check_percentile(act_percentile)
     if not isinstance(num_batches, int) or num_batches < 1:
         raise CalibrationError('quantize: the number of calibration batches '
                                f'must be a positive int, got {num_batches!r}')
@@ -329,6 +432,8 @@ def quantize_model(model, batches, num_batches=8, bits=8, method='shared',
     return dict(bits=bits, method=method, num_groups=num_groups,
                 act_percentile=act_percentile, calib_batches=used,
                 bias_correction=bool(bias_correction),
+                qat_layers=sum(isinstance(m, QATAdderConv2d) and m.calibrated
+                               for _, m in layers),
                 layers={name: q.num_groups for name, q in planned.items()})
 
 

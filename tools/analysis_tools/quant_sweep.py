@@ -1,15 +1,19 @@
-"""Top-1 of post-training quantization over bits, methods and seeds.
+"""Top-1 of quantization over bits, methods and seeds.
 
     python tools/analysis_tools/quant_sweep.py configs/adder_r20_digits.py \\
         --cnn configs/cnn_r20_digits.py --seeds-dir work_dirs/seeds \\
-        --bits 8 6 4 --methods shared grouped [--markdown README.md]
+        --bits 8 6 4 --methods shared grouped \\
+        --qat configs/adder_r20_digits_int4_qat.py [--markdown README.md]
 
 For every seed's checkpoint of tools/analysis_tools/seeds.py (the latest in
 <seeds-dir>/<config name>/seed<S>/), runs tools/quantize.py with each bit
 width and method (with bias correction, and INT8 shared without it: the
 literature's baseline) and reads the float and quantized top-1 it prints; with
 ``--cnn``, the CNN twin's checkpoints get PyTorch's own INT8 post-training
-quantization (torch.ao, x86 engine) as the reference point. Prints and (with
+quantization (torch.ao, x86 engine) as the reference point; with ``--qat
+CONFIG``, each seed's checkpoint is fine-tuned by tools/train.py with that
+quantization-aware config (same seed; in <seeds-dir>/<its name>/seed<S>/)
+and converted to integers by tools/quantize.py. Prints and (with
 ``--markdown FILE``) writes one table of means +- std over the seeds into
 FILE's section ``--section``, with the machine and the date.
 """
@@ -26,14 +30,19 @@ from adder_mm.utils.markdown import check_section, write_section
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 QUANTIZE = osp.join(_ROOT, 'tools', 'quantize.py')
+TRAIN = osp.join(_ROOT, 'tools', 'train.py')
 NO_BC = 'INT8 shared, no bias correction'
 RESULT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')
+BITS = re.compile(r', (\d)-bit, ')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the AdderNet config')
     parser.add_argument('--cnn', help='its CNN twin (torch.ao INT8 row)')
+    parser.add_argument('--qat', nargs='+', default=[],
+                        help='quantization-aware configs that fine-tune '
+                        'the float checkpoints (one row each)')
     parser.add_argument('--seeds-dir', default=osp.join('work_dirs',
                                                         'seeds'))
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
@@ -58,18 +67,47 @@ def checkpoint(seeds_dir, config, seed):
         return f.read().strip()
 
 
-def quantize(config, ckpt, method, bits, calib, bias_correction=True):
+def quantize(config, ckpt, method, bits, calib, bias_correction=True,
+             with_bits=False):
+    """(float, quantized) top-1 of quantize.py (and the bits it used);
+    ``bits`` None: those of a QAT model."""
     proc = subprocess.run(
         [sys.executable, QUANTIZE, config, ckpt, '--method', method,
-         '--bits', str(bits), '--calib-batches', str(calib), '--work-dir',
+         '--calib-batches', str(calib), '--work-dir',
          osp.join(osp.dirname(ckpt), 'quant')] +
+        ([] if bits is None else ['--bits', str(bits)]) +
         ([] if bias_correction else ['--no-bias-correction']),
         capture_output=True, text=True)
-    found = RESULT.search(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not found:
-        sys.exit(f'quant_sweep.py: quantize.py {method} {bits}-bit on {ckpt} '
+    log = proc.stdout + proc.stderr
+    found, used = RESULT.search(log), BITS.search(log)
+    if proc.returncode != 0 or not found or not used:
+        sys.exit(f'quant_sweep.py: quantize.py {method} {bits or ""}-bit on '
+                 f'{ckpt} failed:\n{(proc.stderr or proc.stdout)[-2000:]}')
+    scores = float(found.group(1)), float(found.group(2))
+    return scores + (int(used.group(1)), ) if with_bits else scores
+
+
+def fine_tune(qat_config, seeds_dir, float_ckpt, seed):
+    """Quantization-aware fine-tuning of one seed's float checkpoint;
+    returns the last checkpoint."""
+    name = osp.splitext(osp.basename(qat_config))[0]
+    work = osp.join(seeds_dir, name, f'seed{seed}')
+    proc = subprocess.run(
+        [sys.executable, TRAIN, qat_config, '--work-dir', work,
+         '--cfg-options', f'load_from={float_ckpt}',
+         f'randomness.seed={seed}'], capture_output=True, text=True)
+    pointer = osp.join(work, 'last_checkpoint')
+    if proc.returncode != 0 or not osp.isfile(pointer):
+        sys.exit(f'quant_sweep.py: train.py {qat_config} from {float_ckpt} '
                  f'failed:\n{(proc.stderr or proc.stdout)[-2000:]}')
-    return float(found.group(1)), float(found.group(2))
+    with open(pointer) as f:
+        return f.read().strip()
+
+
+def qat_label(config, bits):
+    from mmengine.config import Config
+    epochs = Config.fromfile(config).train_cfg.get('max_epochs')
+    return f'INT{bits} shared, QAT {epochs} epochs ({osp.basename(config)})'
 
 
 def mean_std(values):
@@ -87,9 +125,13 @@ def main(argv=None):
             check_section(args.markdown, args.section)
         except ValueError as e:
             sys.exit(f'quant_sweep.py: --markdown {e}')
+    for config in args.qat:
+        if not osp.isfile(config):
+            sys.exit(f'quant_sweep.py: --qat {config}: no such file')
     for seed in args.seeds:
         for config in filter(None, (args.config, args.cnn)):
             checkpoint(args.seeds_dir, config, seed)
+    qat_rows = []
     rows = {}  # label -> {'adder': [...], 'cnn': [...]}
     for seed in args.seeds:
         ckpt = checkpoint(args.seeds_dir, args.config, seed)
@@ -107,6 +149,15 @@ def main(argv=None):
         _, q = quantize(args.config, ckpt, 'shared', 8, args.calib_batches,
                         bias_correction=False)
         rows.setdefault(NO_BC, {}).setdefault('adder', {})[seed] = q
+        for config in args.qat:
+            tuned = fine_tune(config, args.seeds_dir, ckpt, seed)
+            _, q, bits = quantize(config, tuned, 'shared', None,
+                                  args.calib_batches, with_bits=True)
+            label = qat_label(config, bits)
+            if label not in qat_rows:
+                qat_rows.append(label)
+            rows.setdefault(label, {}).setdefault('adder', {})[seed] = q
+            print(f'seed {seed} {label}: quantized {q:.2f}', flush=True)
         if args.cnn:
             ckpt = checkpoint(args.seeds_dir, args.cnn, seed)
             fl, q = quantize(args.cnn, ckpt, 'torch-ao', 8,
@@ -117,7 +168,7 @@ def main(argv=None):
             print(f'seed {seed} CNN torch.ao INT8: float {fl:.2f} '
                   f'quantized {q:.2f}', flush=True)
     order = ['float32', NO_BC] + [f'INT{b} {m}' for b in args.bits
-                                  for m in args.methods] + \
+                                  for m in args.methods] + qat_rows + \
         ['INT8 torch.ao (x86)']
     lines = [f'top-1 (%), mean +- std over seeds {args.seeds}, '
              f'{args.calib_batches} calibration batches of training images; '

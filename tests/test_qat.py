@@ -1,0 +1,271 @@
+"""Quantization-aware training: the fake quantizer against the integer
+grid's codes, QATAdderConv2d against an integer formula, its state, its
+calibration, and the conversion to integer layers computing what was
+trained."""
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+import adder_mm  # noqa: F401
+from adder_mm.models import AdderConv2d, QATAdderConv2d
+from adder_mm.models.layers import QuantAdderConv2d
+from adder_mm.ops import (
+    adder2d_int8_reference,
+    fake_quantize_to_grid,
+    quantize_to_grid,
+)
+from adder_mm.quantization import (
+    CalibrationError,
+    calibrate,
+    calibrate_qat,
+    quantize_model,
+)
+from adder_mm.quantization.ptq import input_grid
+
+EPS32 = 2.0**-24  # float32's unit roundoff
+
+
+def randn(*shape, seed=0, scale=1.):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * scale
+
+
+@pytest.mark.parametrize('lo, scale, qmax', [(-2.0, 0.25, 15),
+                                             (0.0, 0.01, 255),
+                                             (-0.75, 0.1, 3)])
+def test_fake_quantizer_gives_the_grid_points_of_the_integer_codes(
+        lo, scale, qmax):
+    x = randn(4000, seed=qmax, scale=2.)  # inside and outside the grid
+    y = fake_quantize_to_grid(x, lo, scale, qmax)
+    codes = quantize_to_grid(x, lo, scale, qmax).float()
+    lo32, scale32 = torch.tensor(lo), torch.tensor(scale)
+    assert torch.equal(y, codes * scale32 + lo32)
+    # The straight-through gradient: 1 inside the grid, 0 outside.
+    x.requires_grad_(True)
+    fake_quantize_to_grid(x, lo, scale, qmax).backward(torch.full_like(x, 3))
+    hi = lo + scale * qmax
+    inside = (x.detach() >= lo) & (x.detach() <= hi)
+    assert inside.any() and (~inside).any()
+    assert torch.equal(x.grad, torch.where(inside, 3., 0.))
+
+
+def test_fake_quantizer_keeps_the_dtype_and_refuses_bad_grids():
+    x = randn(64, seed=1).double()
+    assert fake_quantize_to_grid(x, -1, 0.5, 3).dtype == torch.float64
+    assert fake_quantize_to_grid(x.bfloat16(), -1, 0.5, 3).dtype == \
+        torch.bfloat16
+    for args, message in [((0., 0., 3), 'scale must be positive'),
+                          ((float('nan'), 1., 3), 'lo finite'),
+                          ((0., 1., 0), 'qmax must be in 1..255'),
+                          ((0., 1., 256), 'qmax must be in 1..255')]:
+        with pytest.raises(ValueError, match=message):
+            fake_quantize_to_grid(x, *args)
+    with pytest.raises(TypeError, match='floating point'):
+        fake_quantize_to_grid(torch.ones(3, dtype=torch.int32), 0., 1., 3)
+
+
+def test_layer_computes_the_integer_sums_on_its_grid():
+    """Against exact int sums of the codes: y = bias - scale * S, within
+    float32's rounding of K terms (a dropped tap would be off by a term
+    of up to qmax * scale)."""
+    torch.manual_seed(0)
+    layer = QATAdderConv2d(6, 5, 3, stride=2, padding=1, bias=True, bits=4)
+    layer.bias.data.normal_()
+    lo, scale = -3.0, 0.375  # 0.0 on the grid: padding is exact
+    layer.set_grid(lo, scale)
+    x = randn(2, 6, 9, 8, seed=2, scale=2.)
+    y = layer.eval()(x)
+    qx = quantize_to_grid(x, lo, scale, 15)
+    qw = quantize_to_grid(layer.weight.detach(), lo, scale, 15)
+    pad = int(quantize_to_grid(torch.zeros(1), lo, scale, 15))
+    s = adder2d_int8_reference(qx, qw, (2, 2), (1, 1), (1, 1), 1, pad)
+    want = layer.bias.double().view(1, -1, 1, 1) - scale * s.double()
+    k = 6 * 9
+    tol = 4 * k * EPS32 * (15 * scale) + 4 * EPS32 * want.abs().max()
+    assert (y.double() - want).abs().max() <= tol
+    assert scale < 15 * scale - tol  # one term more or less would show
+
+
+def test_layer_without_grid_is_the_float_layer_in_eval_and_refuses_training():
+    torch.manual_seed(0)
+    qat = QATAdderConv2d(4, 6, 3, padding=1, bits=6)
+    plain = AdderConv2d(4, 6, 3, padding=1)
+    plain.load_state_dict(qat.state_dict(), strict=False)
+    x = randn(2, 4, 7, 7)
+    assert not qat.calibrated and qat.grid() is None
+    assert torch.equal(qat.eval()(x), plain(x))
+    with pytest.raises(RuntimeError, match='no quantization grid yet'):
+        qat.train()(x)
+    with pytest.raises(ValueError, match='bits must be an int in 2..8'):
+        QATAdderConv2d(4, 6, 3, bits=9)
+    with pytest.raises(ValueError, match='positive finite scale'):
+        qat.set_grid(0., -1.)
+    assert not qat.calibrated  # the refused grid left nothing set
+
+
+def test_state_dict_a_float_checkpoint_loads_and_the_grid_round_trips():
+    torch.manual_seed(0)
+    plain = AdderConv2d(4, 6, 3)
+    qat = QATAdderConv2d(4, 6, 3, bits=4)
+    qat.set_grid(-1., 0.25)
+    # A float AdderNet's state: the weights load (strict), the grid is unset.
+    assert qat.load_state_dict(plain.state_dict()) is not None
+    assert torch.equal(qat.weight, plain.weight) and not qat.calibrated
+    assert torch.isnan(qat.grid_lo) and torch.isnan(qat.grid_scale)
+    qat.set_grid(-1., 0.25)
+    other = QATAdderConv2d(4, 6, 3, bits=4)
+    other.load_state_dict(qat.state_dict())
+    assert other.calibrated and other.grid() == (-1., 0.25)
+    # Half a grid is a damaged state, reported as such.
+    state = qat.state_dict()
+    del state['grid_scale']
+    with pytest.raises(RuntimeError, match='grid_scale'):
+        QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(state)
+
+
+class Net(nn.Module):
+    def __init__(self, cls, **kw):
+        super().__init__()
+        self.a = cls(3, 8, 3, padding=1, **kw)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = cls(8, 12, 3, stride=2, padding=1, bias=True, **kw)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def batches(n, seed=0):
+    return [randn(4, 3, 10, 12, seed=seed + i) for i in range(n)]
+
+
+def qat_net(bits=4, seed=0):
+    torch.manual_seed(seed)
+    net = Net(QATAdderConv2d, bits=bits)
+    net.b.bias.data.normal_()
+    net.bn.running_var.fill_(30.)
+    net.bn.running_mean.fill_(-20.)
+    return net
+
+
+@pytest.mark.parametrize('act_percentile', [100, 99.9])
+def test_calibration_grids_span_the_float_models_inputs(act_percentile):
+    net = qat_net()
+    data = batches(3)
+    stats, _, _ = calibrate(net, data, 3)  # without grids: the float model
+    grids = calibrate_qat(net, data, 3, act_percentile=act_percentile)
+    assert set(grids) == {'a', 'b'}
+    for name in grids:
+        layer = getattr(net, name)
+        lo, scale = input_grid(stats[name], 15, act_percentile)
+        assert grids[name] == pytest.approx((lo, scale), rel=1e-6)
+        assert layer.grid() == grids[name]
+        if act_percentile == 100:  # the extremes, within half a step
+            # (the grid shifts to put 0.0 on it)
+            half = scale / 2 * (1 + 1e-6)
+            assert abs(lo - min(stats[name].min, 0.)) <= half
+            assert abs(lo + 15 * scale - stats[name].max) <= half
+    # Signed input (a): the grid goes below 0; after ReLU (b) it starts there.
+    assert grids['a'][0] < 0 and grids['b'][0] == 0
+    # Calibrated layers keep their grids unless asked.
+    net.a.set_grid(-9., 1.5)
+    assert set(calibrate_qat(net, data, 3)) == set()
+    assert net.a.grid() == (-9., 1.5)
+    assert set(calibrate_qat(net, data, 3, recalibrate=True)) == {'a', 'b'}
+    assert net.a.grid() != (-9., 1.5)
+    with pytest.raises(CalibrationError, match='no QATAdderConv2d layers'):
+        calibrate_qat(Net(AdderConv2d), data, 3)
+    with pytest.raises(CalibrationError, match='yielded no batch'):
+        calibrate_qat(qat_net(), [], 3)
+    with pytest.raises(CalibrationError, match='act_percentile must be'):
+        calibrate_qat(qat_net(), data, 3, act_percentile=40)
+
+
+def test_trained_model_converts_to_integers_that_compute_what_was_trained():
+    net = qat_net()
+    data = batches(6)
+    calibrate_qat(net, data, 3)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for x in data:
+        loss = net(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        assert torch.isfinite(net.a.weight.grad).all()
+        assert net.a.weight.grad.abs().sum() > 0
+        opt.step()
+    net.eval()
+    x = randn(3, 3, 10, 12, seed=99)
+    trained = net(x).detach()
+    spec = quantize_model(net, data, 2)  # bits from the layers
+    assert spec['bits'] == 4 and spec['qat_layers'] == 2
+    assert isinstance(net.a, QuantAdderConv2d) and net.a.num_groups == 1
+    y = net(x).detach()
+    # The integer model is the trained one up to float32 rounding (and a
+    # bias correction of that rounding's mean).
+    assert (y - trained).abs().max() <= 1e-4 * trained.abs().max()
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(bits=8), 'trained for 4-bit integers'),
+    (dict(method='grouped'), "on its trained grid \\(method 'shared'\\)"),
+])
+def test_conversion_refuses_another_grid_and_changes_nothing(kwargs,
+                                                             message):
+    net = qat_net()
+    calibrate_qat(net, batches(2), 2)
+    with pytest.raises(CalibrationError, match=message):
+        quantize_model(net, batches(2), 2, **kwargs)
+    assert isinstance(net.a, QATAdderConv2d) and net.a.calibrated
+
+
+def test_uncalibrated_qat_layers_take_post_training_quantization():
+    """A float checkpoint in a QAT model: no grids, so quantize_model
+    calibrates them as float adder layers, at the bits it is given."""
+    net = qat_net()
+    spec = quantize_model(net, batches(2), 2, bits=6)
+    assert spec['bits'] == 6 and spec['qat_layers'] == 0
+    assert isinstance(net.b, QuantAdderConv2d) and net.b.bits == 6
+
+
+def _grid_worker(rank, port, out_path):
+    from adder_mm.engine.hooks.qat_calibration_hook import share_rank0_grids
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        layers = [QATAdderConv2d(2, 2, 1, bits=4) for _ in range(2)]
+        layers[0].set_grid(-1. - rank, 0.5 + rank)
+        if rank == 0:  # rank 1 has a grid where rank 0 has none
+            layers[1].set_grid(float('nan'), float('nan'))
+        else:
+            layers[1].set_grid(0., 3.)
+        share_rank0_grids(layers)
+        if rank == 1:
+            torch.save([(m.calibrated, m.grid_lo.clone(),
+                         m.grid_scale.clone()) for m in layers], out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_takes_rank_0s_grids(tmp_path):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    out = tmp_path / 'rank1.pth'
+    ctx = mp.start_processes(_grid_worker, args=(port, str(out)), nprocs=2,
+                             join=False, start_method='spawn')
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail('workers did not finish in 120 s')
+    (cal0, lo0, scale0), (cal1, lo1, scale1) = torch.load(out)
+    assert cal0 and float(lo0) == -1. and float(scale0) == 0.5
+    assert not cal1 and torch.isnan(lo1) and torch.isnan(scale1)
