@@ -1,4 +1,5 @@
 """Shared test fixtures (torch and pytest only)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +30,23 @@ def run_python():
         return out.stdout
 
     return run
+
+
+@pytest.fixture(scope='session')
+def tool_module():
+    """A script of this repository as a module, to call its functions in
+    this process: ``tool_module('tools/train.py')`` (path relative to the
+    repository root)."""
+
+    def load(path):
+        name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(
+            f'_tool_{name}', os.path.join(REPO, path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope='session')

@@ -3,7 +3,6 @@ MMEngine reads without the config naming them are accepted, typos are not,
 and the options address the config file as written, before a tool's flags
 reshape it. The tools' exits on bad options are in test_tool_errors.py."""
 import argparse
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -74,15 +73,6 @@ def test_cfg_options_plus_adds_and_refuses_existing(digits_cfg):
 def test_cfg_options_errors(digits_cfg, key, message):
     with pytest.raises(ToolError, match=message):
         check_cfg_options(digits_cfg, {key: 1})
-
-
-def _tool(name):
-    """tools/<name>.py as a module (its parse_args and merge_args)."""
-    spec = importlib.util.spec_from_file_location(
-        f'_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('key', [
@@ -188,12 +178,13 @@ def test_unbalanced_brackets_are_a_usage_error(capsys):
     assert 'a=(1,[2)]: mismatched brackets' in capsys.readouterr().err
 
 
-def test_options_address_the_config_before_the_tools_flags(tmp_path):
+def test_options_address_the_config_before_the_tools_flags(tmp_path,
+                                                           tool_module):
     """train.py --no-validate set val_dataloader to None and test.py --tta
     moved the model under tta_model.module before the options were
     checked: keys of the config file were refused as 'None has no keys' /
     'no such key'."""
-    train = _tool('train')
+    train = tool_module('tools/train.py')
     args = train.parse_args([ADDER_CFG, '--no-validate', '--work-dir',
                              str(tmp_path / 'w'), '--cfg-options',
                              'val_dataloader.batch_size=8',
@@ -201,7 +192,7 @@ def test_options_address_the_config_before_the_tools_flags(tmp_path):
     cfg = tool_config(args, train.merge_args)
     assert cfg.val_dataloader is None and cfg.train_cfg.max_epochs == 3
 
-    test = _tool('test')
+    test = tool_module('tools/test.py')
     args = test.parse_args([ADDER_CFG, str(tmp_path / 'x.pth'), '--tta',
                             '--work-dir', str(tmp_path / 'w'),
                             '--cfg-options', 'model.backbone.depth=32',
@@ -212,12 +203,12 @@ def test_options_address_the_config_before_the_tools_flags(tmp_path):
     assert cfg.tta_pipeline[0].scale == 36
 
 
-def test_options_against_the_command_line(tmp_path):
+def test_options_against_the_command_line(tmp_path, tool_module):
     """--amp makes the wrapper an AmpOptimWrapper before the options are
     checked (optim_wrapper.loss_scale was refused once they went first);
     keys only a flag sets are refused instead of silently overwritten; an
     option beats a tool's default."""
-    train = _tool('train')
+    train = tool_module('tools/train.py')
     args = train.parse_args([ADDER_CFG, '--cfg-options',
                              'optim_wrapper.loss_scale=512',
                              f'work_dir={tmp_path / "option"}'])
@@ -230,15 +221,15 @@ def test_options_against_the_command_line(tmp_path):
             ('train', [ADDER_CFG], 'launcher=pytorch', '--launcher'),
             ('test', [ADDER_CFG, 'x.pth'], 'load_from=y.pth', 'CHECKPOINT'),
             ('quantize', [ADDER_CFG, 'x.pth'], 'work_dir=w', '--work-dir')):
-        module = _tool(tool)
+        module = tool_module(f'tools/{tool}.py')
         args = module.parse_args(argv + ['--cfg-options', key])
         with pytest.raises(ToolError, match=f'{key.split("=")[0]} \\(use '
                            f'.*{flag}'):
             tool_config(args, module.merge_args, module.OWNED)
 
 
-def test_flags_win_over_options(tmp_path):
-    train = _tool('train')
+def test_flags_win_over_options(tmp_path, tool_module):
+    train = tool_module('tools/train.py')
     config = tmp_path / 'workers.py'
     config.write_text(f'_base_ = [{ADDER_CFG!r}]\n'
                       'train_dataloader = dict(num_workers=2, '

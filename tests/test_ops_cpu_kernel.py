@@ -365,21 +365,10 @@ def test_set_cpu_isa_levels():
 BENCHMARK = os.path.join('tools', 'analysis_tools', 'benchmark_adder.py')
 
 
-def _benchmark_tool():
-    """tools/analysis_tools/benchmark_adder.py as a module (its functions
-    called in-process)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('benchmark_adder',
-                                                  BENCHMARK)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
-def test_benchmark_names_unknown_layers(capsys):
+def test_benchmark_names_unknown_layers(capsys, tool_module):
     """--layers with a name of no suite benchmarked nothing and wrote an
     empty table."""
-    tool = _benchmark_tool()
+    tool = tool_module(BENCHMARK)
     args = tool.parse_args(['--suite', 'resnet20', '--layers',
                             'layer1.0.conv1'])
     assert args.layers == 'layer1.0.conv1'
@@ -496,14 +485,14 @@ def test_tile_sweep_summary():
 
 
 def test_tile_sweep_mode_runs_and_restores_env(tmp_path, monkeypatch,
-                                               run_tool):
+                                               run_tool, tool_module):
     """benchmark_adder.py's tile-sweep mode end to end on the CPU (the
     variable is inert there; the parser keeps the mode CUDA-only): every
     name timed, ADDER_MM_CUDA_TILE restored, JSON and markdown written."""
     import argparse
 
     from adder_mm.analysis import benchmark as bench
-    tool = _benchmark_tool()
+    tool = tool_module(BENCHMARK)
     monkeypatch.setenv(bench.TILE_ENV, '1')
     args = argparse.Namespace(
         device='cpu', dtype='float32', tile_sweep=[2, 0], repeat=1,
@@ -536,10 +525,11 @@ def test_tile_sweep_mode_runs_and_restores_env(tmp_path, monkeypatch,
 
 
 def test_benchmark_json_keeps_layers_of_a_run_cut_short(tmp_path,
-                                                      monkeypatch):
+                                                      monkeypatch,
+                                                      tool_module):
     """--out is rewritten after every layer: a run stopped by a time cap
     (gpu_check.sh's steps) keeps the layers it finished."""
-    tool = _benchmark_tool()
+    tool = tool_module(BENCHMARK)
     real, calls = tool.bench_layer, []
 
     def stop_at_second(lay, *args):
