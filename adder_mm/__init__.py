@@ -4,7 +4,8 @@
 adder_mm also registers AdderConv2d and the optimizer constructor into the
 OpenMMLab registries and allow-lists MMEngine's checkpoint classes for
 ``torch.load(weights_only=True)``; with MMPretrain also installed, the adder
-ResNets, the head and the digits dataset as well.
+ResNets, the head and the digits dataset as well, and the configs' models
+by name for MMPretrain's ``get_model`` (from a source checkout).
 """
 import importlib.util
 
@@ -38,3 +39,10 @@ if importlib.util.find_spec('mmengine') is not None:
     if importlib.util.find_spec('mmpretrain') is not None:
         from . import datasets  # noqa: F401,E402
         __all__ += ['datasets']
+        from .utils.registry import register_model_zoo
+        try:
+            register_model_zoo()
+        except Exception as e:  # a damaged metafile must not stop imports
+            warnings.warn('adder_mm: the models of configs/metafile.yml are '
+                          'not registered with MMPretrain (get_model by '
+                          f'name): {type(e).__name__}: {e}')

@@ -158,3 +158,24 @@ def test_model_zoo_tool_reports_bad_input_without_traceback(tmp_path,
     assert readme.read_text() == '<!-- model-zoo:begin -->\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md',
                                                           'metafile.yml']
+
+
+def test_models_are_known_to_mmpretrain_by_name(run_python, tmp_path):
+    """``import adder_mm`` registers the metafile's models with MMPretrain:
+    get_model by name builds the config's model and loads a checkpoint."""
+    ckpt = tmp_path / 'w.pth'
+    metafile = osp.join(REPO, 'configs', 'metafile.yml')
+    run_python([
+        'import torch, yaml',
+        'import adder_mm',
+        'from mmpretrain import get_model, list_models',
+        f'doc = yaml.safe_load(open({metafile!r}))',
+        'names = {m["Name"] for m in doc["Models"]}',
+        'assert names <= set(list_models()), names - set(list_models())',
+        'model = get_model("adder_r20_digits")',
+        'assert type(model.backbone).__name__ == "AdderResNet_CIFAR"',
+        'w = model.backbone.layer1[0].conv1.weight',
+        f'torch.save(dict(state_dict=model.state_dict()), {str(ckpt)!r})',
+        f'again = get_model("adder_r20_digits", pretrained={str(ckpt)!r})',
+        'assert torch.equal(again.backbone.layer1[0].conv1.weight, w)',
+        'print("ok")'])
