@@ -16,6 +16,7 @@ import adder_mm  # noqa: F401
 from adder_mm.models import AdderConv2d, QATAdderConv2d
 from adder_mm.models.layers import QuantAdderConv2d
 from adder_mm.ops import (
+    adder2d,
     adder2d_int8_reference,
     fake_quantize_to_grid,
     quantize_to_grid,
@@ -68,6 +69,24 @@ def test_fake_quantizer_keeps_the_dtype_and_refuses_bad_grids():
             fake_quantize_to_grid(x, *args)
     with pytest.raises(TypeError, match='floating point'):
         fake_quantize_to_grid(torch.ones(3, dtype=torch.int32), 0., 1., 3)
+    # Checked as the kernels read them: float32 scale, int qmax, numbers.
+    for args, message in [((0., 1e-50, 3), 'positive and finite in float32'),
+                          ((0., 1., 3.0), 'an int'),
+                          (('a', 1., 3), 'lo and scale must be numbers')]:
+        with pytest.raises(ValueError, match='^fake_quantize_to_grid: .*' +
+                           message):
+            fake_quantize_to_grid(x, *args)
+
+
+def test_fake_quantizer_gradient_is_one_on_the_edges_and_zero_beyond():
+    lo, scale, qmax = -1., 0.5, 3  # grid -1 .. 0.5
+    x = torch.tensor([-1., 0.5, -1.0001, 0.5001, 0.2, float('inf'),
+                      -float('inf')], requires_grad=True)
+    y = fake_quantize_to_grid(x, lo, scale, qmax)
+    assert torch.equal(y.detach(), torch.tensor([-1., 0.5, -1., 0.5, 0.,
+                                                 0.5, -1.]))
+    y.backward(torch.full_like(x, 2.))
+    assert torch.equal(x.grad, torch.tensor([2., 2., 0., 0., 2., 0., 0.]))
 
 
 def test_layer_computes_the_integer_sums_on_its_grid():
@@ -104,9 +123,67 @@ def test_layer_without_grid_is_the_float_layer_in_eval_and_refuses_training():
         qat.train()(x)
     with pytest.raises(ValueError, match='bits must be an int in 2..8'):
         QATAdderConv2d(4, 6, 3, bits=9)
-    with pytest.raises(ValueError, match='positive finite scale'):
+    with pytest.raises(ValueError, match='scale must be positive'):
         qat.set_grid(0., -1.)
     assert not qat.calibrated  # the refused grid left nothing set
+
+
+def test_grid_holds_zero_exactly_and_is_read_in_float32():
+    layer = QATAdderConv2d(2, 3, 1, bits=4)
+    layer.set_grid(-1.1, 0.25)  # 0.0 would fall between grid points
+    assert layer.grid() == (-1.0, 0.25)
+    layer.set_grid(*layer.grid())  # the snap is idempotent
+    assert layer.grid() == (-1.0, 0.25)
+    scale32 = float(torch.tensor(0.1))
+    layer.set_grid(-0.3, 0.1)
+    assert layer.grid() == (float(torch.tensor(-3 * scale32)), scale32)
+    for lo, scale in [(0.5, 0.1), (-2., 0.1)]:  # 0.0 above / below the grid
+        with pytest.raises(ValueError, match='must hold 0.0'):
+            layer.set_grid(lo, scale)
+    with pytest.raises(ValueError, match='positive and finite in float32'):
+        layer.set_grid(0., 1e-50)
+    assert layer.grid() == (float(torch.tensor(-3 * scale32)), scale32)
+
+
+@pytest.mark.parametrize('cast', ['half', 'bfloat16', 'double'])
+def test_a_cast_model_keeps_its_grid_in_float32(cast):
+    torch.manual_seed(0)
+    layer = QATAdderConv2d(4, 5, 3, padding=1, bias=True, bits=4).eval()
+    layer.bias.data.normal_()
+    layer.set_grid(-3.0, 0.375)
+    x = randn(2, 4, 6, 6, seed=3)
+    getattr(layer, cast)()
+    assert layer.grid_lo.dtype == layer.grid_scale.dtype == torch.float32
+    assert layer.grid() == (-3.0, 0.375)
+    dtype = layer.weight.dtype
+    y = layer(x.to(dtype))
+    assert y.dtype == dtype
+    want = layer.float()(x.to(dtype).float())  # the same values, in float32
+    assert torch.equal(y, want.to(dtype))
+
+
+def test_autocast_leaves_the_grid_arithmetic_in_float32(monkeypatch):
+    """Under autocast, with a bfloat16 input: the grid points reach the op
+    in float32 with autocast off (on CUDA it would compute in bfloat16;
+    the grid -1.5 + 0.1 q is not exact in bfloat16)."""
+    from adder_mm.models.layers import qat_adder_conv
+    seen = []
+
+    def spy(x, w, *args):
+        seen.append((torch.is_autocast_enabled('cpu'), x.dtype, w.dtype))
+        return adder2d(x, w, *args)
+
+    monkeypatch.setattr(qat_adder_conv, 'adder2d', spy)
+    torch.manual_seed(0)
+    layer = QATAdderConv2d(8, 6, 3, padding=1, bits=5)
+    layer.set_grid(-1.5, 0.1)
+    x = randn(2, 8, 6, 6, seed=4).bfloat16()
+    want = layer(x.float())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = layer(x)
+    assert seen[-1] == (False, torch.float32, torch.float32)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want.bfloat16())
 
 
 def test_state_dict_a_float_checkpoint_loads_and_the_grid_round_trips():
@@ -127,6 +204,31 @@ def test_state_dict_a_float_checkpoint_loads_and_the_grid_round_trips():
     del state['grid_scale']
     with pytest.raises(RuntimeError, match='grid_scale'):
         QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(state)
+    # ... and leaves no grid when loaded non-strictly (none stale either).
+    calibrated = QATAdderConv2d(4, 6, 3, bits=4)
+    calibrated.set_grid(-2., 0.5)
+    calibrated.load_state_dict(state, strict=False)
+    assert not calibrated.calibrated and calibrated.grid() is None
+
+
+def test_a_grid_loads_only_with_its_bits_and_on_zero():
+    qat = QATAdderConv2d(4, 6, 3, bits=4)
+    qat.set_grid(-1., 0.25)
+    state = qat.state_dict()
+    assert int(state['grid_bits']) == 4
+    for strict in (True, False):
+        six = QATAdderConv2d(4, 6, 3, bits=6)
+        with pytest.raises(RuntimeError, match='made for bits=4, this '
+                           'layer has bits=6'):
+            six.load_state_dict(state, strict=strict)
+        assert not six.calibrated
+    old = dict(state)
+    del old['grid_bits']
+    with pytest.raises(RuntimeError, match='bits=unknown'):
+        QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(old, strict=False)
+    bad = dict(state, grid_lo=torch.tensor(0.5))  # 0.0 not on the grid
+    with pytest.raises(RuntimeError, match='grid is not valid.*hold 0.0'):
+        QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(bad)
 
 
 class Net(nn.Module):
@@ -184,6 +286,29 @@ def test_calibration_grids_span_the_float_models_inputs(act_percentile):
         calibrate_qat(qat_net(), [], 3)
     with pytest.raises(CalibrationError, match='act_percentile must be'):
         calibrate_qat(qat_net(), data, 3, act_percentile=40)
+    for n in (0, True, 2.0):
+        with pytest.raises(CalibrationError,
+                           match='^calibrate_qat: the number of calibration'):
+            calibrate_qat(qat_net(), data, n)
+
+
+def test_calibration_refuses_inputs_without_a_range_and_restores_grids():
+    """An untrained float model (BN running statistics as initialised):
+    the adder's outputs are all negative, so layer b sees ReLU zeros only.
+    A failed recalibration leaves every grid as it was."""
+    net = qat_net()
+    net.bn.reset_running_stats()
+    net.a.set_grid(-9., 1.5)
+    with pytest.raises(CalibrationError, match='^calibrate_qat: the inputs '
+                       'of 1 QAT layers span no range, e.g. b: '):
+        calibrate_qat(net, batches(2), 2, recalibrate=True)
+    assert net.a.grid() == (-9., 1.5) and not net.b.calibrated
+    nan = batches(1)[0]
+    nan[0, 0, 0, 0] = float('nan')
+    with pytest.raises(CalibrationError, match='^calibrate_qat: the input '
+                       'of adder layer a holds NaN'):
+        calibrate_qat(net, [nan], 1, recalibrate=True)
+    assert net.a.grid() == (-9., 1.5)
 
 
 def test_trained_model_converts_to_integers_that_compute_what_was_trained():
@@ -226,11 +351,16 @@ def test_conversion_refuses_another_grid_and_changes_nothing(kwargs,
 
 def test_uncalibrated_qat_layers_take_post_training_quantization():
     """A float checkpoint in a QAT model: no grids, so quantize_model
-    calibrates them as float adder layers, at the bits it is given."""
+    calibrates them as float adder layers (with a warning), at the bits it
+    is given, or by default those the layers were built for."""
     net = qat_net()
-    spec = quantize_model(net, batches(2), 2, bits=6)
+    with pytest.warns(UserWarning, match='2 QAT layers have no grid'):
+        spec = quantize_model(net, batches(2), 2, bits=6)
     assert spec['bits'] == 6 and spec['qat_layers'] == 0
     assert isinstance(net.b, QuantAdderConv2d) and net.b.bits == 6
+    net = qat_net(bits=3)
+    with pytest.warns(UserWarning, match='no grid'):
+        assert quantize_model(net, batches(2), 2)['bits'] == 3
 
 
 def _grid_worker(rank, port, out_path):

@@ -44,8 +44,8 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='float (or QAT) checkpoint')
     parser.add_argument('--bits', type=int, default=None,
                         choices=range(2, 9), metavar='{2..8}',
-                        help='bits of weights and inputs (default: those a '
-                        'QAT model was trained for, else 8)')
+                        help='bits of weights and inputs (default: those the '
+                        "model's QAT layers were built for, else 8)")
     parser.add_argument('--method', default='shared',
                         choices=['shared', 'grouped', 'torch-ao'],
                         help='shared: one grid per layer; grouped: one grid '

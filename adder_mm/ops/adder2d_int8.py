@@ -211,21 +211,29 @@ def quantize_to_grid(x, lo, scale, qmax):
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
         raise TypeError('quantize_to_grid: x must be a float32 tensor, got '
                         f'{getattr(x, "dtype", type(x).__name__)}')
-    lo, scale = _check_grid('quantize_to_grid', lo, scale, qmax)
+    lo, scale = check_grid('quantize_to_grid', lo, scale, qmax)
     if _ops is not None and x.device.type in ('cpu', 'meta'):
         return _ops[2](x, lo, scale, int(qmax))
     return quantize_to_grid_reference(x, lo, scale, qmax)
 
 
-def _check_grid(op, lo, scale, qmax):
-    """(lo, scale) as floats, or a ValueError naming ``op``."""
-    if not 1 <= int(qmax) <= 255:
-        raise ValueError(f'{op}: qmax must be in 1..255, got {qmax}')
-    lo, scale = float(lo), float(scale)
-    if not (scale > 0 and math.isfinite(scale) and math.isfinite(lo)):
-        raise ValueError(f'{op}: scale must be positive and finite, lo '
-                         f'finite; got lo={lo}, scale={scale}')
-    return lo, scale
+def check_grid(op, lo, scale, qmax):
+    """(lo, scale) as the float32 values the kernels use (returned as Python
+    floats), or a ValueError naming ``op``."""
+    if isinstance(qmax, bool) or not isinstance(qmax, int) or \
+            not 1 <= qmax <= 255:
+        raise ValueError(f'{op}: qmax must be in 1..255 (an int), got '
+                         f'{qmax!r}')
+    try:
+        lo32, scale32 = (float(torch.tensor(float(v), dtype=torch.float32))
+                         for v in (lo, scale))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f'{op}: lo and scale must be numbers, got lo={lo!r}, '
+                         f'scale={scale!r} ({e})') from None
+    if not (scale32 > 0 and math.isfinite(scale32) and math.isfinite(lo32)):
+        raise ValueError(f'{op}: scale must be positive and finite in '
+                         f'float32, lo finite; got lo={lo}, scale={scale}')
+    return lo32, scale32
 
 
 def quantize_to_grid_reference(x, lo, scale, qmax):
@@ -244,8 +252,8 @@ def _grid_codes(x, lo, scale, qmax):
 def fake_quantize_to_grid(x, lo, scale, qmax):
     """x replaced by its grid point ``lo + scale * q`` (q as
     :func:`quantize_to_grid` gives it), with the straight-through gradient
-    of quantization-aware training: 1 where lo <= x <= lo + scale * qmax,
-    0 outside (the clamp's gradient).
+    of quantization-aware training: 1 where lo <= x <= lo + scale * qmax
+    (edges included), 0 outside, where the code saturates.
 
     Args:
         x (Tensor): floating point, any shape; computed in float32 (the
@@ -259,7 +267,7 @@ def fake_quantize_to_grid(x, lo, scale, qmax):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError('fake_quantize_to_grid: x must be a floating point '
                         f'tensor, got {getattr(x, "dtype", type(x).__name__)}')
-    lo, scale = _check_grid('fake_quantize_to_grid', lo, scale, qmax)
+    lo, scale = check_grid('fake_quantize_to_grid', lo, scale, qmax)
     return fake_quantize_unchecked(x, lo, scale, qmax)
 
 
@@ -269,9 +277,10 @@ def fake_quantize_unchecked(x, lo, scale, qmax):
     x32 = x.float()
     with torch.no_grad():
         snapped = _grid_codes(x32, lo, scale, qmax) * scale + lo
-    # snapped exactly in value (inside - inside is 0), the clamp's gradient.
-    inside = x32.clamp(lo, lo + scale * int(qmax))
-    return (snapped + (inside - inside.detach())).to(x.dtype)
+        keep = (x32 >= lo) & (x32 <= lo + scale * qmax)
+    # snapped in value (x32 - x32 is 0, and inf is outside); gradient 1 on
+    # [lo, hi] edges included, 0 outside (where the integer code saturates).
+    return (snapped + torch.where(keep, x32 - x32.detach(), 0.)).to(x.dtype)
 
 
 def _blocks(n, ho, wo, k, budget):

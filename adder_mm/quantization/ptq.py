@@ -20,6 +20,8 @@ Quantization-aware training (``calibrate_qat``) fixes the shared grid of
 each QATAdderConv2d before training; ``quantize_model`` then converts those
 layers on their own grid, so the integer model computes what was trained.
 """
+import warnings
+
 import torch
 
 from adder_mm.models.layers import (
@@ -47,8 +49,8 @@ def adder_layers(model):
 class _InputStats:
     """Minimum, maximum and a uniform random sample of a layer's inputs."""
 
-    def __init__(self, seed, name=''):
-        self.name = name
+    def __init__(self, seed, name='', who='quantize'):
+        self.name, self.who = name, who
         self.min, self.max, self.seen = float('inf'), float('-inf'), 0
         self.sample = []
         self.gen = torch.Generator().manual_seed(seed)
@@ -59,7 +61,7 @@ class _InputStats:
             return
         if not torch.isfinite(x).all():
             raise CalibrationError(
-                f'quantize: the input of adder layer {self.name} holds NaN '
+                f'{self.who}: the input of adder layer {self.name} holds NaN '
                 'or inf during calibration (check the data and the float '
                 'model)')
         self.min = min(self.min, float(x.min()))
@@ -90,8 +92,8 @@ def default_forward(model, batch):
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
         raise CalibrationError(
-            f'quantize: a calibration batch is a {type(batch).__name__}, '
-            'which the default forward cannot feed to the model (it takes '
+            f'calibration: a batch is a {type(batch).__name__}, which '
+            'the default forward cannot feed to the model (it takes '
             'a tensor, a tuple or list starting with one, or a dict for an '
             'MMEngine model); pass forward=lambda model, batch: ...')
     return model(batch)
@@ -99,12 +101,17 @@ def default_forward(model, batch):
 
 @torch.no_grad()
 def calibrate(model, batches, num_batches, forward=default_forward, seed=0,
-              keep=0):
+              keep=0, who='quantize'):
     """Run ``num_batches`` of ``batches`` through ``model`` (eval mode);
     returns ({layer name: input statistics} of its adder layers, the number
-    of batches used, the first ``keep`` batches)."""
+    of batches used, the first ``keep`` batches). Errors begin with
+    ``who``."""
+    if not isinstance(num_batches, int) or isinstance(num_batches, bool) or \
+            num_batches < 1:
+        raise CalibrationError(f'{who}: the number of calibration batches '
+                               f'must be a positive int, got {num_batches!r}')
     layers = adder_layers(model)
-    stats = {name: _InputStats(seed + i, name) for i, (name, _) in
+    stats = {name: _InputStats(seed + i, name, who) for i, (name, _) in
              enumerate(layers)}
     handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
     was_training = model.training
@@ -123,12 +130,12 @@ def calibrate(model, batches, num_batches, forward=default_forward, seed=0,
             h.remove()
         model.train(was_training)
     if used == 0:
-        raise CalibrationError('quantize: the calibration data loader '
+        raise CalibrationError(f'{who}: the calibration data loader '
                                'yielded no batch')
     for name, s in stats.items():
         if s.seen == 0:
             raise CalibrationError(
-                f'quantize: adder layer {name} saw no input during '
+                f'{who}: adder layer {name} saw no input during '
                 'calibration (is it used in the forward pass?)')
     return stats, used, kept
 
@@ -171,10 +178,14 @@ def correct_bias(model, planned, batches, forward=default_forward):
             q.out_bias -= mean[q.perm.to(mean.device)]
 
 
+# The narrowest range a grid spans (a narrower one is widened to it).
+_MIN_SPAN = 1e-8
+
+
 def _on_grid(lo, hi, qmax):
     """A grid lo + scale * q (q = 0..qmax) covering [lo, hi] on which 0.0
     is exact when it lies inside (so zero padding is exact)."""
-    scale = max(hi - lo, 1e-8) / qmax
+    scale = max(hi - lo, _MIN_SPAN) / qmax
     if lo < 0 < hi:
         lo = -round(-lo / scale) * scale
     return lo, scale
@@ -188,17 +199,21 @@ def shared_grid(stats, weight, qmax):
     return _on_grid(lo, hi, qmax)
 
 
-def input_grid(stats, qmax, act_percentile):
-    """(lo, scale) of a grid over the calibrated inputs alone, clipped at
-    ``act_percentile`` (mirrored below for inputs that go negative; 0.0
-    inside and exact)."""
+def input_range(stats, act_percentile):
+    """(lo, hi) of the calibrated inputs, clipped at ``act_percentile``
+    (mirrored below for inputs that go negative), widened to hold 0.0."""
     if act_percentile >= 100:  # the extremes, not the sample's
-        hi, lo = max(stats.max, 0.), min(stats.min, 0.)
-    else:
-        hi = max(stats.percentile(act_percentile), 0.)
-        lo = 0. if stats.min >= 0 else min(
-            stats.percentile(100. - act_percentile), 0.)
-    return _on_grid(lo, hi, qmax)
+        return min(stats.min, 0.), max(stats.max, 0.)
+    hi = max(stats.percentile(act_percentile), 0.)
+    lo = 0. if stats.min >= 0 else min(
+        stats.percentile(100. - act_percentile), 0.)
+    return lo, hi
+
+
+def input_grid(stats, qmax, act_percentile):
+    """(lo, scale) of a grid over the calibrated inputs alone
+    (:func:`input_range`; 0.0 inside and exact)."""
+    return _on_grid(*input_range(stats, act_percentile), qmax)
 
 
 def qat_layers(model):
@@ -216,13 +231,16 @@ def calibrate_qat(model, batches, num_batches=8, forward=default_forward,
     are not in it: the fake quantizer clamps them into it, and training
     learns with that clamp (the integer layer computes the same). Run it
     before quantization-aware training (QATCalibrationHook does, in
-    MMEngine).
+    MMEngine), on a trained float model: an untrained one's inputs carry no
+    range to calibrate.
 
     Returns:
         dict: {layer name: (lo, scale)} of the layers it set.
 
     Raises:
-        CalibrationError: no QATAdderConv2d layers, no calibration data.
+        CalibrationError: no QATAdderConv2d layers, no calibration data, a
+        layer whose inputs span no range (all equal, or all but a fraction
+        below ``act_percentile``). The grids are then as they were.
     """
     check_percentile(act_percentile, 'calibrate_qat')
     layers = qat_layers(model)
@@ -233,13 +251,31 @@ def calibrate_qat(model, batches, num_batches=8, forward=default_forward,
     todo = [(n, m) for n, m in layers if recalibrate or not m.calibrated]
     if not todo:
         return {}
-    for _, m in todo:  # the float layer's inputs, as PTQ sees them
-        m.set_grid(float('nan'), float('nan'))
-    stats, _, _ = calibrate(model, batches, num_batches, forward)
-    grids = {}
-    for name, m in todo:
-        m.set_grid(*input_grid(stats[name], m.qmax, act_percentile))
-        grids[name] = m.grid()  # as stored (float32)
+    before = {n: (m.grid_lo.clone(), m.grid_scale.clone()) for n, m in todo}
+    try:
+        for _, m in todo:  # the float layer's inputs, as PTQ sees them
+            m.set_grid(float('nan'), float('nan'))
+        stats, _, _ = calibrate(model, batches, num_batches, forward,
+                                who='calibrate_qat')
+        ranges = {n: input_range(stats[n], act_percentile) for n, _ in todo}
+        flat = [n for n, (lo, hi) in ranges.items() if hi - lo < _MIN_SPAN]
+        if flat:
+            lo, hi = ranges[flat[0]]
+            raise CalibrationError(
+                f'calibrate_qat: the inputs of {len(flat)} QAT layers span '
+                f'no range, e.g. {flat[0]}: [{lo:.3g}, {hi:.3g}] at '
+                f'act_percentile {act_percentile} (an untrained float model? '
+                'QAT fine-tunes a trained one: load its float checkpoint '
+                'first; with inputs that are almost all 0, raise '
+                'act_percentile)')
+        grids = {}
+        for name, m in todo:
+            m.set_grid(*_on_grid(*ranges[name], m.qmax))
+            grids[name] = m.grid()  # as stored (float32)
+    except BaseException:
+        for name, m in todo:
+            m.set_grid(*before[name])
+        raise
     return grids
 
 
@@ -341,25 +377,34 @@ def check_bits(bits):
 
 
 def _trained_bits(model, bits, method):
-    """``bits`` checked against the model's calibrated QAT layers (None:
-    theirs, or 8 without any)."""
-    trained = {m.bits for _, m in qat_layers(model) if m.calibrated}
-    if not trained:
-        return 8 if bits is None else bits
-    if len(trained) > 1:
+    """``bits`` checked against the model's QAT layers (None: theirs, or 8
+    without any). QAT layers without a grid (never calibrated: a float
+    checkpoint) are quantized post-training like float ones, at any bits,
+    with a warning."""
+    layers = qat_layers(model)
+    widths = {m.bits for _, m in layers}
+    if len(widths) > 1:
         raise CalibrationError(
-            'quantize: the QAT layers were trained at different bit widths '
-            f'{sorted(trained)}; a quantized model has one')
-    qat_bits, = trained
-    if bits is not None and bits != qat_bits:
+            'quantize: the QAT layers were built for different bit widths '
+            f'{sorted(widths)}; a quantized model has one')
+    trained = [n for n, m in layers if m.calibrated]
+    if trained and bits is not None and bits not in widths:
         raise CalibrationError(
-            f'quantize: the model was trained for {qat_bits}-bit integers '
-            f'(QATAdderConv2d), not {bits}: pass bits={qat_bits} (or None)')
-    if method != 'shared':
+            f'quantize: the model was trained for {min(widths)}-bit integers '
+            f'(QATAdderConv2d), not {bits}: pass bits={min(widths)} (or '
+            'None)')
+    if trained and method != 'shared':
         raise CalibrationError(
             "quantize: a QAT-trained model is converted on its trained grid "
             f"(method 'shared'), not {method!r}")
-    return qat_bits
+    if len(trained) < len(layers):
+        warnings.warn(
+            f'quantize: {len(layers) - len(trained)} QAT layers have no grid '
+            '(not trained with QAT: a float checkpoint?); they are quantized '
+            'post-training')
+    if bits is None:
+        bits = min(widths) if widths else 8
+    return bits
 
 
 def quantize_model(model, batches, num_batches=8, bits=None, method='shared',
@@ -405,9 +450,6 @@ def quantize_model(model, batches, num_batches=8, bits=None, method='shared',
         raise CalibrationError('quantize: num_groups must be a positive int, '
                                f'got {num_groups!r}')
     check_percentile(act_percentile)
-    if not isinstance(num_batches, int) or num_batches < 1:
-        raise CalibrationError('quantize: the number of calibration batches '
-                               f'must be a positive int, got {num_batches!r}')
     layers = adder_layers(model)
     if not layers:
         if any(isinstance(m, QuantAdderConv2d) for m in model.modules()):

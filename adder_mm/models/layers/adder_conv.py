@@ -29,6 +29,17 @@ def set_window_geometry(module, in_channels, out_channels, kernel_size,
     module.groups = groups
 
 
+def keep_float32(module, names):
+    """Turn the named buffers of ``module`` back to float32 after a cast
+    (``_apply`` of ``.half()``, ``.double()``): integer grids and scales,
+    which the integer arithmetic reads in float32 whatever the model's
+    dtype."""
+    for name in names:
+        buf = getattr(module, name)
+        if buf.dtype != torch.float32:
+            setattr(module, name, buf.float())
+
+
 @register_model('Adder')
 class AdderConv2d(nn.Module):
     """Negative L1 distance between each filter and each input patch.

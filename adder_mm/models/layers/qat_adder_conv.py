@@ -1,11 +1,13 @@
 """QATAdderConv2d: an adder layer trained for integer inference."""
+import math
+
 import torch
 
 from adder_mm.ops import adder2d
-from adder_mm.ops.adder2d_int8 import fake_quantize_unchecked
+from adder_mm.ops.adder2d_int8 import check_grid, fake_quantize_unchecked
 from adder_mm.utils.registry import register_model
 
-from .adder_conv import AdderConv2d
+from .adder_conv import AdderConv2d, keep_float32
 
 _GRID = ('grid_lo', 'grid_scale')
 
@@ -20,16 +22,21 @@ class QATAdderConv2d(AdderConv2d):
 
     Same arguments as AdderConv2d plus ``bits`` (2..8). The grid is not an
     argument: ``adder_mm.quantization.calibrate_qat`` sets it from data (the
-    shared grid of post-training quantization), and it then stays fixed;
-    ``QATCalibrationHook`` does that before training in MMEngine. A float
-    AdderNet checkpoint loads into this layer (the grid is then unset, and
-    calibrated again); a trained one carries its grid, and
-    ``quantize_model`` converts it to integers on that grid.
+    layer's inputs up to a percentile), and it then stays fixed;
+    ``QATCalibrationHook`` does that before training in MMEngine. 0.0 is a
+    grid point (zero padding, ReLU zeros). A float AdderNet checkpoint loads
+    into this layer (the grid is then unset, and calibrated again); a
+    trained one carries its grid and bits, and ``quantize_model`` converts
+    it to integers on that grid. The forward pass computes in float32 (also
+    under autocast and in a ``.half()`` model), as the integer layer does,
+    and returns the input's dtype.
 
     Without a grid the layer computes in float in eval mode (operation
     counting, calibration itself) and refuses to train.
 
-    Buffers: grid_lo, grid_scale float32 [] (NaN until calibrated).
+    Buffers: grid_lo, grid_scale float32 [] (NaN until calibrated; they stay
+    float32 when the module is cast); grid_bits int64 [] (``bits``, so that
+    a checkpoint's grid is read with the bits it was made for).
     Shapes: as AdderConv2d.
     """
 
@@ -46,8 +53,14 @@ class QATAdderConv2d(AdderConv2d):
         for name in _GRID:
             self.register_buffer(name, torch.tensor(
                 float('nan'), device=device))
+        self.register_buffer('grid_bits', torch.tensor(bits, device=device))
         # Mirrors isfinite(grid_scale), so that forward needs no host sync.
         self._calibrated = False
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        keep_float32(self, _GRID)
+        return self
 
     @property
     def qmax(self):
@@ -58,18 +71,34 @@ class QATAdderConv2d(AdderConv2d):
         return self._calibrated
 
     def set_grid(self, lo, scale):
-        """Fix the grid (``lo`` finite, ``scale`` > 0), or unset it with
-        ``set_grid(nan, nan)``."""
-        lo, scale = float(lo), float(scale)
-        unset = lo != lo and scale != scale
-        if not unset and not (torch.isfinite(torch.tensor([lo, scale])).all()
-                              and scale > 0):
-            raise ValueError('QATAdderConv2d: the grid needs a finite lo and '
-                             f'a positive finite scale, got lo={lo}, '
-                             f'scale={scale}')
-        self.grid_lo.fill_(lo)
+        """Fix the grid, or unset it with ``set_grid(nan, nan)``.
+
+        ``lo`` (finite, <= 0) and ``scale`` (> 0) are taken in float32, and
+        lo moves to the nearest multiple of scale, so that 0.0 is a grid
+        point: the integer layer pads with its code, and the ReLU zeros of
+        the input land on it exactly. 0.0 must lie in [lo, lo + scale *
+        (2^bits - 1)].
+        """
+        try:
+            unset = math.isnan(float(lo)) and math.isnan(float(scale))
+        except (TypeError, ValueError, RuntimeError):
+            unset = False
+        if unset:
+            self.grid_lo.fill_(float('nan'))
+            self.grid_scale.fill_(float('nan'))
+            self._calibrated = False
+            return
+        lo, scale = check_grid('QATAdderConv2d.set_grid', lo, scale,
+                               self.qmax)
+        if not lo <= 0. <= lo + scale * self.qmax:
+            raise ValueError(
+                'QATAdderConv2d.set_grid: the grid must hold 0.0 (zero '
+                'padding and ReLU zeros), i.e. lo <= 0 <= lo + scale * '
+                f'{self.qmax}; got lo={lo}, scale={scale}')
+        k = min(max(round(-lo / scale), 0), self.qmax)
+        self.grid_lo.fill_(0. - k * scale)
         self.grid_scale.fill_(scale)
-        self._calibrated = not unset
+        self._calibrated = True
 
     def grid(self):
         """(lo, scale) as floats; None before calibration."""
@@ -86,32 +115,59 @@ class QATAdderConv2d(AdderConv2d):
                     'or QATCalibrationHook in MMEngine, which tools/train.py '
                     'adds)')
             return super().forward(x)
-        lo, scale = self.grid_lo.float(), self.grid_scale.float()
-        return adder2d(fake_quantize_unchecked(x, lo, scale, self.qmax),
-                       fake_quantize_unchecked(self.weight, lo, scale,
-                                               self.qmax),
-                       self.bias, self.stride, self.padding, self.dilation,
-                       self.groups)
+        lo, scale, qmax = self.grid_lo, self.grid_scale, self.qmax
+        # In float32 whatever autocast says: the grid points are the integer
+        # layer's values, which float16/bfloat16 would round.
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            y = adder2d(fake_quantize_unchecked(x.float(), lo, scale, qmax),
+                        fake_quantize_unchecked(self.weight.float(), lo,
+                                                scale, qmax),
+                        bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+        return y.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,
                               error_msgs):
         # A float AdderConv2d's state (no grid): the weights load and the
         # grid is left unset, to be calibrated (fine-tuning from a float
-        # checkpoint is how QAT starts).
-        absent = [prefix + n for n in _GRID if prefix + n not in state_dict]
+        # checkpoint is how QAT starts). A grid loads with its bits only.
+        name = prefix[:-1] or 'QATAdderConv2d'
+        keys = [prefix + n for n in _GRID + ('grid_bits', )]
+        present = [k in state_dict for k in keys]
+        if all(present[:2]):
+            bits = state_dict[keys[2]] if present[2] else None
+            if not (isinstance(bits, torch.Tensor) and bits.numel() == 1
+                    and int(bits) == self.bits):
+                raise RuntimeError(
+                    f"{name}: the checkpoint's quantization grid was made "
+                    f'for bits={_show(bits)}, this layer has bits='
+                    f'{self.bits}; build the model with the bits it was '
+                    'trained with')
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if len(absent) == len(_GRID):
-            for key in absent:
+        self.grid_bits.fill_(self.bits)
+        if not any(present):
+            for key in keys:
                 if key in missing_keys:
                     missing_keys.remove(key)
+        if not all(present[:2]):  # none (float), or half a grid (reported)
             self.set_grid(float('nan'), float('nan'))
-        elif not absent:
-            self._calibrated = bool(torch.isfinite(self.grid_lo)
-                                    and torch.isfinite(self.grid_scale)
-                                    and self.grid_scale > 0)
+            return
+        try:
+            self.set_grid(self.grid_lo, self.grid_scale)
+        except ValueError as e:
+            raise RuntimeError(f"{name}: the checkpoint's quantization grid "
+                               f'is not valid: {e}') from None
 
     def extra_repr(self):
         return super().extra_repr() + f', bits={self.bits}'
+
+
+def _show(bits):
+    """A checkpoint's grid_bits, as the error message shows it."""
+    if isinstance(bits, torch.Tensor) and bits.numel() == 1:
+        return int(bits)
+    return 'unknown (no grid_bits)' if bits is None else repr(bits)

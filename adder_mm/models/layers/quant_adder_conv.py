@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from adder_mm.ops import adder2d_int8, quantize_to_grid
 from adder_mm.utils.registry import register_model
 
-from .adder_conv import set_window_geometry
+from .adder_conv import keep_float32, set_window_geometry
 
 
 @register_model()
@@ -85,10 +85,7 @@ class QuantAdderConv2d(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in self._FLOAT32_BUFFERS:
-            buf = getattr(self, name)
-            if buf.dtype != torch.float32:
-                setattr(self, name, buf.float())
+        keep_float32(self, self._FLOAT32_BUFFERS)
         return self
 
     @property
