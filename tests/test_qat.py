@@ -143,18 +143,37 @@ def test_grid_holds_zero_exactly_and_is_read_in_float32():
     with pytest.raises(ValueError, match='positive and finite in float32'):
         layer.set_grid(0., 1e-50)
     assert layer.grid() == (float(torch.tensor(-3 * scale32)), scale32)
+    # 0.0 at the top (inputs <= 0), where float32 rounding of lo may put it
+    # a hair above the grid: within half a step, it lands on the top point.
+    for i in range(50):
+        scale = (1 + i / 7) / 15
+        layer.set_grid(-15 * scale, scale)
+        lo, s32 = layer.grid()
+        assert lo + 15 * s32 == 0 or abs(lo / s32 + 15) < 1e-6
+    for lo in (-15.6, 0.6):  # more than half a step off
+        with pytest.raises(ValueError, match='must hold 0.0'):
+            layer.set_grid(lo, 1.)
+
+
+def test_meta_tensors_take_the_grid_forward():
+    layer = QATAdderConv2d(4, 5, 3, padding=1, bits=4)
+    layer.set_grid(-1., 0.25)
+    y = layer.to('meta')(torch.empty(2, 4, 7, 7, device='meta'))
+    assert y.shape == (2, 5, 7, 7) and y.device.type == 'meta'
 
 
 @pytest.mark.parametrize('cast', ['half', 'bfloat16', 'double'])
 def test_a_cast_model_keeps_its_grid_in_float32(cast):
+    """Values too: -1.5 + 0.0123 q is neither float16 nor bfloat16."""
     torch.manual_seed(0)
-    layer = QATAdderConv2d(4, 5, 3, padding=1, bias=True, bits=4).eval()
+    layer = QATAdderConv2d(4, 5, 3, padding=1, bias=True, bits=8).eval()
     layer.bias.data.normal_()
-    layer.set_grid(-3.0, 0.375)
+    layer.set_grid(-1.5, 0.0123)
+    grid = layer.grid()
     x = randn(2, 4, 6, 6, seed=3)
     getattr(layer, cast)()
     assert layer.grid_lo.dtype == layer.grid_scale.dtype == torch.float32
-    assert layer.grid() == (-3.0, 0.375)
+    assert layer.grid() == grid
     dtype = layer.weight.dtype
     y = layer(x.to(dtype))
     assert y.dtype == dtype
@@ -218,14 +237,21 @@ def test_a_grid_loads_only_with_its_bits_and_on_zero():
     assert int(state['grid_bits']) == 4
     for strict in (True, False):
         six = QATAdderConv2d(4, 6, 3, bits=6)
+        six.set_grid(-2., 0.5)
+        weight = six.weight.detach().clone()
         with pytest.raises(RuntimeError, match='made for bits=4, this '
                            'layer has bits=6'):
             six.load_state_dict(state, strict=strict)
-        assert not six.calibrated
+        assert six.grid() == (-2., 0.5) and torch.equal(six.weight, weight)
     old = dict(state)
     del old['grid_bits']
-    with pytest.raises(RuntimeError, match='bits=unknown'):
+    with pytest.raises(RuntimeError, match="no grid_bits .* delete its "
+                       "'grid_lo' and 'grid_scale'"):
         QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(old, strict=False)
+    del old['grid_lo'], old['grid_scale']  # as it says: a float state
+    fresh = QATAdderConv2d(4, 6, 3, bits=4)
+    fresh.load_state_dict(old)
+    assert not fresh.calibrated
     bad = dict(state, grid_lo=torch.tensor(0.5))  # 0.0 not on the grid
     with pytest.raises(RuntimeError, match='grid is not valid.*hold 0.0'):
         QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(bad)
@@ -290,6 +316,19 @@ def test_calibration_grids_span_the_float_models_inputs(act_percentile):
         with pytest.raises(CalibrationError,
                            match='^calibrate_qat: the number of calibration'):
             calibrate_qat(qat_net(), data, n)
+
+
+def test_calibration_of_inputs_at_most_zero_puts_zero_on_top():
+    """Adder outputs (-L1 <= 0) straight into a QAT layer: lo = -15
+    scale in float64 rounds to float32 either side of 0.0's grid point."""
+    torch.manual_seed(0)
+    for seed in range(12):
+        net = nn.Sequential(QATAdderConv2d(3, 4, 3, bits=4),
+                            QATAdderConv2d(4, 4, 1, bits=4))
+        data = [randn(2, 3, 6, 6, seed=seed, scale=1 + seed / 5)]
+        grids = calibrate_qat(net, data, 1, act_percentile=100)
+        lo, scale = grids['1']
+        assert lo < 0 and abs(lo / scale + 15) < 1e-6
 
 
 def test_calibration_refuses_inputs_without_a_range_and_restores_grids():
@@ -361,6 +400,14 @@ def test_uncalibrated_qat_layers_take_post_training_quantization():
     net = qat_net(bits=3)
     with pytest.warns(UserWarning, match='no grid'):
         assert quantize_model(net, batches(2), 2)['bits'] == 3
+    # Mixed widths (e.g. an 8-bit first layer): post-training at given bits.
+    net = qat_net()
+    net.a = QATAdderConv2d(3, 8, 3, padding=1, bits=8)
+    with pytest.raises(CalibrationError, match='different bit widths '
+                       r'\[4, 8\].*pass bits'):
+        quantize_model(net, batches(2), 2)
+    with pytest.warns(UserWarning, match='no grid'):
+        assert quantize_model(net, batches(2), 2, bits=6)['bits'] == 6
 
 
 def _grid_worker(rank, port, out_path):

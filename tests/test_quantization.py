@@ -297,9 +297,12 @@ def test_other_dtypes_run_after_quantization():
     y = net(x)
     assert y.dtype == torch.float64
     assert (y - ref).abs().max() < 0.02 * ref.abs().max()
+    buffers = {k: v.clone() for k, v in net.a.named_buffers()}
     net.bfloat16()
     assert net.a.scale.dtype == torch.float32
     assert net.a.qweight.dtype == torch.uint8
+    for name, value in net.a.named_buffers():  # exact, not bfloat16's
+        assert torch.equal(value, buffers[name].to(value.dtype)), name
     assert net(x.bfloat16()).dtype == torch.bfloat16
 
 

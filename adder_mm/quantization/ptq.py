@@ -383,11 +383,13 @@ def _trained_bits(model, bits, method):
     with a warning."""
     layers = qat_layers(model)
     widths = {m.bits for _, m in layers}
-    if len(widths) > 1:
+    trained = [n for n, m in layers if m.calibrated]
+    if len(widths) > 1 and (trained or bits is None):
         raise CalibrationError(
             'quantize: the QAT layers were built for different bit widths '
-            f'{sorted(widths)}; a quantized model has one')
-    trained = [n for n, m in layers if m.calibrated]
+            f'{sorted(widths)}; a quantized model has one' +
+            ('' if trained else ' (pass bits to quantize them '
+             'post-training)'))
     if trained and bits is not None and bits not in widths:
         raise CalibrationError(
             f'quantize: the model was trained for {min(widths)}-bit integers '

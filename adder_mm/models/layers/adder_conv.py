@@ -29,15 +29,19 @@ def set_window_geometry(module, in_channels, out_channels, kernel_size,
     module.groups = groups
 
 
-def keep_float32(module, names):
-    """Turn the named buffers of ``module`` back to float32 after a cast
-    (``_apply`` of ``.half()``, ``.double()``): integer grids and scales,
-    which the integer arithmetic reads in float32 whatever the model's
-    dtype."""
-    for name in names:
-        buf = getattr(module, name)
-        if buf.dtype != torch.float32:
-            setattr(module, name, buf.float())
+def apply_keeping_float32(module, apply, names):
+    """Run ``apply()`` (a module's ``_apply``: ``.to()``, ``.half()``,
+    ``.cuda()``, ...) but keep the named buffers float32 with their exact
+    values (moved to the new device): integer grids and scales, which the
+    integer arithmetic reads in float32 whatever the model's dtype."""
+    saved = {name: getattr(module, name) for name in names}
+    apply()
+    for name, old in saved.items():
+        new = getattr(module, name)
+        if new.dtype != torch.float32:  # a cast rounded them: restore
+            setattr(module, name, old.to(device=new.device,
+                                         dtype=torch.float32))
+    return module
 
 
 @register_model('Adder')

@@ -1,4 +1,5 @@
 """QATAdderConv2d: an adder layer trained for integer inference."""
+import contextlib
 import math
 
 import torch
@@ -7,7 +8,7 @@ from adder_mm.ops import adder2d
 from adder_mm.ops.adder2d_int8 import check_grid, fake_quantize_unchecked
 from adder_mm.utils.registry import register_model
 
-from .adder_conv import AdderConv2d, keep_float32
+from .adder_conv import AdderConv2d, apply_keeping_float32
 
 _GRID = ('grid_lo', 'grid_scale')
 
@@ -58,9 +59,9 @@ class QATAdderConv2d(AdderConv2d):
         self._calibrated = False
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        keep_float32(self, _GRID)
-        return self
+        return apply_keeping_float32(
+            self, lambda: super(QATAdderConv2d, self)._apply(fn, recurse),
+            _GRID)
 
     @property
     def qmax(self):
@@ -77,7 +78,7 @@ class QATAdderConv2d(AdderConv2d):
         lo moves to the nearest multiple of scale, so that 0.0 is a grid
         point: the integer layer pads with its code, and the ReLU zeros of
         the input land on it exactly. 0.0 must lie in [lo, lo + scale *
-        (2^bits - 1)].
+        (2^bits - 1)], or within half a step of it.
         """
         try:
             unset = math.isnan(float(lo)) and math.isnan(float(scale))
@@ -90,12 +91,13 @@ class QATAdderConv2d(AdderConv2d):
             return
         lo, scale = check_grid('QATAdderConv2d.set_grid', lo, scale,
                                self.qmax)
-        if not lo <= 0. <= lo + scale * self.qmax:
+        zero = -lo / scale  # where 0.0 is, in steps of the grid
+        if not -0.5 <= zero <= self.qmax + 0.5:
             raise ValueError(
                 'QATAdderConv2d.set_grid: the grid must hold 0.0 (zero '
                 'padding and ReLU zeros), i.e. lo <= 0 <= lo + scale * '
                 f'{self.qmax}; got lo={lo}, scale={scale}')
-        k = min(max(round(-lo / scale), 0), self.qmax)
+        k = min(max(round(zero), 0), self.qmax)
         self.grid_lo.fill_(0. - k * scale)
         self.grid_scale.fill_(scale)
         self._calibrated = True
@@ -118,7 +120,7 @@ class QATAdderConv2d(AdderConv2d):
         lo, scale, qmax = self.grid_lo, self.grid_scale, self.qmax
         # In float32 whatever autocast says: the grid points are the integer
         # layer's values, which float16/bfloat16 would round.
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x.device.type):
             bias = None if self.bias is None else self.bias.float()
             y = adder2d(fake_quantize_unchecked(x.float(), lo, scale, qmax),
                         fake_quantize_unchecked(self.weight.float(), lo,
@@ -138,6 +140,12 @@ class QATAdderConv2d(AdderConv2d):
         present = [k in state_dict for k in keys]
         if all(present[:2]):
             bits = state_dict[keys[2]] if present[2] else None
+            if bits is None:
+                raise RuntimeError(
+                    f"{name}: the checkpoint's quantization grid has no "
+                    'grid_bits (saved before they were stored); delete its '
+                    f"'{prefix}grid_lo' and '{prefix}grid_scale' to "
+                    'calibrate the grid again')
             if not (isinstance(bits, torch.Tensor) and bits.numel() == 1
                     and int(bits) == self.bits):
                 raise RuntimeError(
@@ -166,8 +174,16 @@ class QATAdderConv2d(AdderConv2d):
         return super().extra_repr() + f', bits={self.bits}'
 
 
+def _no_autocast(device_type):
+    """Autocast off on ``device_type`` (nothing to turn off on devices
+    without autocast, such as meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _show(bits):
     """A checkpoint's grid_bits, as the error message shows it."""
     if isinstance(bits, torch.Tensor) and bits.numel() == 1:
         return int(bits)
-    return 'unknown (no grid_bits)' if bits is None else repr(bits)
+    return repr(bits)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from adder_mm.ops import adder2d_int8, quantize_to_grid
 from adder_mm.utils.registry import register_model
 
-from .adder_conv import keep_float32, set_window_geometry
+from .adder_conv import apply_keeping_float32, set_window_geometry
 
 
 @register_model()
@@ -84,9 +84,9 @@ class QuantAdderConv2d(nn.Module):
         self.register_buffer('rem_scale', torch.tensor(0.))
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        keep_float32(self, self._FLOAT32_BUFFERS)
-        return self
+        return apply_keeping_float32(
+            self, lambda: super(QuantAdderConv2d, self)._apply(fn, recurse),
+            self._FLOAT32_BUFFERS)
 
     @property
     def qmax(self):
