@@ -410,39 +410,56 @@ def test_uncalibrated_qat_layers_take_post_training_quantization():
         assert quantize_model(net, batches(2), 2, bits=6)['bits'] == 6
 
 
-def _grid_worker(rank, port, out_path):
-    from adder_mm.engine.hooks.qat_calibration_hook import share_rank0_grids
+def _grid_worker(rank, port, out_path, fail):
+    from adder_mm.engine.hooks.qat_calibration_hook import calibrate_on_rank0
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
                             rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
+    ran = []
+    layers = [QATAdderConv2d(2, 2, 1, bits=4) for _ in range(2)]
+    if rank == 1:  # a stale grid of its own, which rank 0's replaces
+        layers[1].set_grid(0., 3.)
+
+    def calibrate():
+        ran.append(rank)
+        if fail:
+            raise CalibrationError('calibrate_qat: no range')
+        layers[0].set_grid(-1., 0.5)  # layer 1 stays without a grid
+
     try:
-        layers = [QATAdderConv2d(2, 2, 1, bits=4) for _ in range(2)]
-        layers[0].set_grid(-1. - rank, 0.5 + rank)
-        if rank == 0:  # rank 1 has a grid where rank 0 has none
-            layers[1].set_grid(float('nan'), float('nan'))
-        else:
-            layers[1].set_grid(0., 3.)
-        share_rank0_grids(layers)
-        if rank == 1:
-            torch.save([(m.calibrated, m.grid_lo.clone(),
-                         m.grid_scale.clone()) for m in layers], out_path)
+        calibrate_on_rank0(layers, calibrate)
+        result = [(m.calibrated, m.grid_lo.clone(), m.grid_scale.clone())
+                  for m in layers]
+    except Exception as e:
+        result = f'{type(e).__name__}: {e}'
     finally:
         dist.destroy_process_group()
+    torch.save((ran, result), f'{out_path}.{rank}')
 
 
-def test_every_process_takes_rank_0s_grids(tmp_path):
+@pytest.mark.parametrize('fail', [False, True])
+def test_rank_0_calibrates_and_every_process_takes_its_grids(tmp_path,
+                                                              fail):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    out = tmp_path / 'rank1.pth'
-    ctx = mp.start_processes(_grid_worker, args=(port, str(out)), nprocs=2,
-                             join=False, start_method='spawn')
+    out = tmp_path / 'rank'
+    ctx = mp.start_processes(_grid_worker, args=(port, str(out), fail),
+                             nprocs=2, join=False, start_method='spawn')
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail('workers did not finish in 120 s')
-    (cal0, lo0, scale0), (cal1, lo1, scale1) = torch.load(out)
-    assert cal0 and float(lo0) == -1. and float(scale0) == 0.5
-    assert not cal1 and torch.isnan(lo1) and torch.isnan(scale1)
+    (ran0, res0), (ran1, res1) = (torch.load(f'{out}.{r}') for r in (0, 1))
+    assert ran0 == [0] and ran1 == []  # rank 0 alone calibrates
+    if fail:  # everyone raises: rank 0 its error, rank 1 says where
+        assert res0 == 'CalibrationError: calibrate_qat: no range'
+        assert res1.startswith('RuntimeError: QATCalibrationHook: '
+                               'calibrating the QAT grids failed in rank 0')
+        return
+    for result in (res0, res1):
+        (cal0, lo0, scale0), (cal1, lo1, scale1) = result
+        assert cal0 and float(lo0) == -1. and float(scale0) == 0.5
+        assert not cal1 and torch.isnan(lo1) and torch.isnan(scale1)

@@ -1,5 +1,6 @@
 """QATCalibrationHook: the quantization grids of quantization-aware training,
 fixed from data before the first step."""
+import torch
 import torch.distributed as torch_dist
 from mmengine.dist import broadcast, get_dist_info
 from mmengine.hooks import Hook
@@ -16,15 +17,31 @@ from adder_mm.quantization.runner import calibration_loader
 from .rng import fork_rng
 
 
-def share_rank0_grids(layers):
-    """Give the QAT ``layers`` of every process rank 0's grids (one model
-    everywhere, though each process calibrated on its own images)."""
+def calibrate_on_rank0(layers, calibrate):
+    """Run ``calibrate()`` in rank 0 alone and give the QAT ``layers`` of
+    every process rank 0's grids (one model everywhere). When it fails
+    there, every process raises (none waits for grids that never come)."""
     _, world = get_dist_info()
-    if world > 1 and torch_dist.is_initialized():
-        for m in layers:
-            broadcast(m.grid_lo, 0)
-            broadcast(m.grid_scale, 0)
-            m.set_grid(m.grid_lo, m.grid_scale)
+    if world == 1 or not torch_dist.is_initialized():
+        calibrate()
+        return
+    failure = None
+    if get_dist_info()[0] == 0:
+        try:
+            calibrate()
+        except Exception as e:  # re-raised below, after telling the others
+            failure = e
+    failed = torch.tensor([failure is not None], dtype=torch.uint8)
+    broadcast(failed, 0)
+    if failure is not None:
+        raise failure
+    if failed.item():
+        raise RuntimeError('QATCalibrationHook: calibrating the QAT grids '
+                           "failed in rank 0 (its log says why)")
+    for m in layers:
+        broadcast(m.grid_lo, 0)
+        broadcast(m.grid_scale, 0)
+        m.set_grid(m.grid_lo, m.grid_scale)
 
 
 @HOOKS.register_module()
@@ -35,8 +52,9 @@ class QATCalibrationHook(Hook):
     of the config's training images through its test pipeline, the
     calibration data of tools/quantize.py. Layers whose grid came with the
     checkpoint (``--resume``, or ``load_from`` a QAT checkpoint) keep it.
-    Under distributed training every process takes rank 0's grids. The
-    random generators are left as they were (``--resume`` stays exact).
+    Under distributed training rank 0 calibrates and every process takes
+    its grids. The random generators are left as they were (``--resume``
+    stays exact).
 
     tools/train.py adds this hook to models with QATAdderConv2d layers when
     the config does not list it.
@@ -71,11 +89,14 @@ class QATCalibrationHook(Hook):
             runner.logger.info('QATCalibrationHook: every QAT layer has its '
                                'grid from the checkpoint')
             return
-        with fork_rng():
-            loader = calibration_loader(runner.cfg, seed=runner.seed)
-            calibrate_qat(model, loader, self.num_batches,
-                          act_percentile=self.act_percentile)
-        share_rank0_grids([m for _, m in layers])
+
+        def calibrate():
+            with fork_rng():
+                loader = calibration_loader(runner.cfg, seed=runner.seed)
+                calibrate_qat(model, loader, self.num_batches,
+                              act_percentile=self.act_percentile)
+
+        calibrate_on_rank0([m for _, m in layers], calibrate)
         first = dict(layers)[pending[0]]
         lo, scale = first.grid()
         runner.logger.info(
