@@ -463,3 +463,24 @@ def test_rank_0_calibrates_and_every_process_takes_its_grids(tmp_path,
         (cal0, lo0, scale0), (cal1, lo1, scale1) = result
         assert cal0 and float(lo0) == -1. and float(scale0) == 0.5
         assert not cal1 and torch.isnan(lo1) and torch.isnan(scale1)
+
+
+def test_load_from_a_float_checkpoint_is_no_difference(tmp_path):
+    """tools/train.py's load_from check: a float AdderNet's checkpoint in a
+    QAT model lists no missing grid keys (they are calibrated); testing or
+    resuming (strict) still refuses it; half a grid is still listed."""
+    from adder_mm.apis import ToolError, check_checkpoint
+    torch.manual_seed(0)
+    path = tmp_path / 'float.pth'
+    torch.save({'state_dict': Net(AdderConv2d).state_dict()}, path)
+    model = qat_net()
+    _, diff = check_checkpoint(str(path), model, strict=False)
+    assert diff == ''
+    with pytest.raises(ToolError, match='missing in the checkpoint .*'
+                       'a.grid_lo'):
+        check_checkpoint(str(path), model, strict=True)
+    state = Net(AdderConv2d).state_dict()
+    state['b.grid_lo'] = torch.tensor(0.)
+    torch.save({'state_dict': state}, path)
+    _, diff = check_checkpoint(str(path), model, strict=False)
+    assert 'b.grid_scale' in diff and 'a.grid' not in diff

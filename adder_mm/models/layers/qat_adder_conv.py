@@ -41,6 +41,9 @@ class QATAdderConv2d(AdderConv2d):
     Shapes: as AdderConv2d.
     """
 
+    # The state a float AdderConv2d's checkpoint lacks (loaded unset).
+    GRID_KEYS = _GRID + ('grid_bits', )
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  padding=0, dilation=1, groups=1, bias=False, bits=8,
                  device=None, dtype=None):
@@ -136,7 +139,7 @@ class QATAdderConv2d(AdderConv2d):
         # grid is left unset, to be calibrated (fine-tuning from a float
         # checkpoint is how QAT starts). A grid loads with its bits only.
         name = prefix[:-1] or 'QATAdderConv2d'
-        keys = [prefix + n for n in _GRID + ('grid_bits', )]
+        keys = [prefix + n for n in self.GRID_KEYS]
         present = [k in state_dict for k in keys]
         if all(present[:2]):
             bits = state_dict[keys[2]] if present[2] else None
