@@ -210,8 +210,10 @@ def test_state_dict_a_float_checkpoint_loads_and_the_grid_round_trips():
     plain = AdderConv2d(4, 6, 3)
     qat = QATAdderConv2d(4, 6, 3, bits=4)
     qat.set_grid(-1., 0.25)
-    # A float AdderNet's state: the weights load (strict), the grid is unset.
-    assert qat.load_state_dict(plain.state_dict()) is not None
+    # A float AdderNet's state: the weights load (strict), the grid is unset
+    # (with a warning: the Python API would compute in float silently).
+    with pytest.warns(UserWarning, match='compute in float until calibrated'):
+        assert qat.load_state_dict(plain.state_dict()) is not None
     assert torch.equal(qat.weight, plain.weight) and not qat.calibrated
     assert torch.isnan(qat.grid_lo) and torch.isnan(qat.grid_scale)
     qat.set_grid(-1., 0.25)
@@ -250,7 +252,8 @@ def test_a_grid_loads_only_with_its_bits_and_on_zero():
         QATAdderConv2d(4, 6, 3, bits=4).load_state_dict(old, strict=False)
     del old['grid_lo'], old['grid_scale']  # as it says: a float state
     fresh = QATAdderConv2d(4, 6, 3, bits=4)
-    fresh.load_state_dict(old)
+    with pytest.warns(UserWarning, match='float adder checkpoint'):
+        fresh.load_state_dict(old)
     assert not fresh.calibrated
     bad = dict(state, grid_lo=torch.tensor(0.5))  # 0.0 not on the grid
     with pytest.raises(RuntimeError, match='grid is not valid.*hold 0.0'):
@@ -484,3 +487,27 @@ def test_load_from_a_float_checkpoint_is_no_difference(tmp_path):
     torch.save({'state_dict': state}, path)
     _, diff = check_checkpoint(str(path), model, strict=False)
     assert 'b.grid_scale' in diff and 'a.grid' not in diff
+
+
+def test_checkpoint_check_names_float_and_qat_mixups(tmp_path):
+    """Testing a float checkpoint with the QAT config, a QAT checkpoint
+    with the float config, or a QAT checkpoint with other bits: the check
+    says which it is and what to do."""
+    from adder_mm.apis import ToolError, check_checkpoint
+    path = str(tmp_path / 'c.pth')
+    torch.save({'state_dict': Net(AdderConv2d).state_dict()}, path)
+    with pytest.raises(ToolError, match="float AdderNet's checkpoint.*"
+                       'fine-tune it with tools/train.py'):
+        check_checkpoint(path, qat_net(), strict=True)
+    trained = qat_net()
+    calibrate_qat(trained, batches(2), 2)
+    torch.save({'state_dict': trained.state_dict()}, path)
+    with pytest.raises(ToolError, match=r'quantization-aware \(QAT\) '
+                       'checkpoint: use its QAT config'):
+        check_checkpoint(path, Net(AdderConv2d), strict=True)
+    for strict in (True, False):
+        with pytest.raises(ToolError, match="grids made for 4-bit integers, "
+                           "but the model's QAT layers have bits=6 "
+                           '\\(e.g. a\\)'):
+            check_checkpoint(path, qat_net(bits=6), strict=strict)
+    assert check_checkpoint(path, qat_net(), strict=True)[1] == ''

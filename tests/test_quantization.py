@@ -394,7 +394,7 @@ def trained(tmp_path_factory, tool):
     return str(work / 'epoch_2.pth'), work
 
 
-QUANT = re.compile(r'top-1 float ([\d.]+), quantized ([\d.]+)')
+QUANT = re.compile(r'top-1 (?:float|QAT) ([\d.]+), quantized ([\d.]+)')
 
 
 @pytest.mark.slow
@@ -505,6 +505,7 @@ def test_qat_from_a_float_checkpoint_to_integers(trained, tmp_path, tool):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert 'shared, 20 layers on their QAT grids, 4-bit' in log
+    assert 'top-1 QAT ' in log
     fl, qu = map(float, QUANT.search(log).groups())
     assert qu > 30.0
     assert abs(qu - fl) <= 0.6  # at most 2 of the 359 images change
@@ -514,10 +515,33 @@ def test_qat_from_a_float_checkpoint_to_integers(trained, tmp_path, tool):
     tested = float(re.findall(r'accuracy/top1: ([\d.]+)',
                               proc.stdout + proc.stderr)[-1])
     assert tested == pytest.approx(qu, abs=0.006)
+    # The QAT checkpoint itself tests at what quantize.py measured for it.
+    proc = tool([osp.join('tools', 'test.py'), QAT_CFG, qat, '--work-dir',
+                 str(tmp_path / 't')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'quantization-aware checkpoint: 20 adder layers run on its ' \
+        '4-bit grids' in log
+    assert float(re.findall(r'accuracy/top1: ([\d.]+)', log)[-1]) == \
+        pytest.approx(fl, abs=0.006)
+    # Flags the trained grids refuse stop before any evaluation.
     proc = tool([osp.join('tools', 'quantize.py'), QAT_CFG, qat, '--bits',
                  '8', '--work-dir', str(tmp_path / 'w')])
     assert proc.returncode == 2 and 'trained for 4-bit integers' in \
         proc.stderr, proc.stderr[-2000:]
+    assert 'accuracy/top1' not in proc.stdout + proc.stderr
+    # The float checkpoint with the QAT config: test.py says what it is.
+    proc = tool([osp.join('tools', 'test.py'), QAT_CFG, ckpt, '--work-dir',
+                 str(tmp_path / 't')])
+    assert proc.returncode == 2 and "a float AdderNet's checkpoint" in \
+        proc.stderr, proc.stderr[-2000:]
+    # QAT without a trained float model: calibration refuses, as an error
+    # line (no traceback).
+    proc = tool([osp.join('tools', 'train.py'), QAT_CFG, '--work-dir',
+                 str(tmp_path / 'scratch'), '--cfg-options', 'load_from=None'])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'train.py: error: calibrate_qat: the inputs of' in proc.stderr
+    assert 'Traceback' not in proc.stderr
 
 
 def test_op_counter_prices_quantized_ops_at_their_precision():

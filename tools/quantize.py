@@ -119,13 +119,25 @@ def main(argv=None):
     model = bare_model(runner)
     check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,
                      **check)
-    from adder_mm.quantization import CalibrationError, quantize_model
+    from adder_mm.quantization import (
+        CalibrationError,
+        conversion_bits,
+        quantize_model,
+    )
     from adder_mm.quantization.runner import (
         calibration_loader,
         save_quantized,
         torch_ao_quantize_backbone,
     )
 
+    if args.method != 'torch-ao':
+        # Flags the checkpoint's QAT layers refuse stop here, before the
+        # evaluation (test() keeps what this loaded).
+        runner.load_or_resume()
+        try:
+            conversion_bits(model, args.bits, args.method)
+        except CalibrationError as e:
+            raise ToolError(str(e)) from None
     float_metrics = runner.test()
     try:
         loader = calibration_loader(runner.cfg, seed=args.seed)
@@ -147,11 +159,12 @@ def main(argv=None):
             float_metrics=float_metrics, quant_metrics=quant_metrics))
     f, q = top1(float_metrics), top1(quant_metrics)
     bc = '' if spec.get('bias_correction', True) else ', no bias correction'
-    if spec.get('qat_layers'):  # "float": the QAT model before conversion
+    if spec.get('qat_layers'):
         bc += f', {spec["qat_layers"]} layers on their QAT grids'
-    scores = (f'top-1 float {f:.2f}, quantized {q:.2f} ({q - f:+.2f})'
+    before = 'QAT' if spec.get('qat_layers') else 'float'
+    scores = (f'top-1 {before} {f:.2f}, quantized {q:.2f} ({q - f:+.2f})'
               if f is not None and q is not None else
-              f'float {float_metrics}, quantized {quant_metrics}')
+              f'{before} {float_metrics}, quantized {quant_metrics}')
     runner.logger.info(
         f'quantized {args.config} ({spec["method"]}{bc}, {spec["bits"]}-bit, '
         f'{spec["calib_batches"]} calibration batches): {scores}' +

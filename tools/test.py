@@ -164,14 +164,20 @@ def main(argv=None):
     # A quantized checkpoint (tools/quantize.py) gets its integer layers.
     check_checkpoint(args.checkpoint, model, config=args.config, ckpt=ckpt,
                      **check)
-    from adder_mm.models.layers import QuantAdderConv2d
+    from adder_mm.models.layers import QATAdderConv2d, QuantAdderConv2d
     from adder_mm.quantization.runner import quantized_spec
     spec = quantized_spec(ckpt or {})
+    qat = [m for m in model.modules() if isinstance(m, QATAdderConv2d)]
     if spec is not None:
         n = sum(isinstance(m, QuantAdderConv2d) for m in model.modules())
         runner.logger.info(
             f'quantized checkpoint ({spec.get("method")}, '
             f'{spec.get("bits")}-bit): {n} adder layers run on integers')
+    elif qat:  # the strict check saw their grids in the checkpoint
+        runner.logger.info(
+            f'quantization-aware checkpoint: {len(qat)} adder layers run on '
+            f'its {qat[0].bits}-bit grids (the values the integer model '
+            'computes on)')
 
     import mmengine
     from mmengine.evaluator import DumpResults

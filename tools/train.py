@@ -205,7 +205,11 @@ def main(argv=None):
     check_start_checkpoint(runner, (resume, ckpt))
     add_default_hooks(runner)
     start = time.perf_counter()
-    runner.train()
+    from adder_mm.quantization import CalibrationError
+    try:
+        runner.train()
+    except CalibrationError as e:  # QATCalibrationHook: the data or model
+        raise ToolError(str(e)) from None
     report_final_metrics(runner, time.perf_counter() - start)
     return runner
 

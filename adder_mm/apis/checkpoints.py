@@ -128,19 +128,29 @@ def compare_state_dict(state, model):
     return missing, unexpected, shapes
 
 
-def _without_float_qat_grids(missing, state, model):
-    """``missing`` less the grid keys of QATAdderConv2d layers that the
-    checkpoint holds as float adder layers (no grid key at all): they load
-    unset, and QATCalibrationHook calibrates them."""
+def _qat_grids(state, model, path, what):
+    """The grid keys of ``model``'s QATAdderConv2d layers that ``state``
+    lacks entirely (a float AdderNet's checkpoint: they load unset and
+    QATAdderConv2d's calibration fills them). Raises a ToolError where the
+    checkpoint's grids were made for other bits than the model's layers."""
     from adder_mm.models.layers import QATAdderConv2d
-    state = _strip_prefix(state)
     unset = set()
     for name, m in model.named_modules():
-        if isinstance(m, QATAdderConv2d):
-            keys = [f'{name}.{k}' if name else k for k in m.GRID_KEYS]
-            if not any(k in state for k in keys):
-                unset.update(keys)
-    return [k for k in missing if k not in unset]
+        if not isinstance(m, QATAdderConv2d):
+            continue
+        keys = [f'{name}.{k}' if name else k for k in m.GRID_KEYS]
+        if not any(k in state for k in keys):
+            unset.update(keys)
+        bits = state.get(keys[-1])  # grid_bits
+        if isinstance(bits, torch.Tensor) and bits.numel() == 1 and \
+                int(bits) != m.bits:
+            raise ToolError(
+                f'{what} {path!r} holds quantization-aware grids made for '
+                f'{int(bits)}-bit integers, but the model\'s QAT layers have '
+                f'bits={m.bits} (e.g. {name}): build it with the bits it was '
+                f"trained with (conv_cfg=dict(type='QATAdder', "
+                f'bits={int(bits)}))')
+    return unset
 
 
 def _listing(title, items, limit=8):
@@ -177,8 +187,9 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
     _quantized_layers(ckpt, path, what, model, quantized)
     state = checkpoint_state_dict(ckpt, path, what)
     missing, unexpected, shapes = compare_state_dict(state, model)
+    unset = _qat_grids(_strip_prefix(state), model, path, what)
     if not strict:  # a float AdderNet fine-tuned with QAT: no difference
-        missing = _without_float_qat_grids(missing, state, model)
+        missing = [k for k in missing if k not in unset]
     diff = (_listing('missing in the checkpoint', missing) +
             _listing('not in the model', unexpected) +
             _listing('shape differs', shapes))
@@ -187,10 +198,23 @@ def check_checkpoint(path, model, strict=True, what='checkpoint',
     if (strict and diff) or shared == 0 or shapes and not strict and \
             len(shapes) == shared:
         cfg = f' of {config}' if config else ''
-        raise ToolError(
-            f'{what} {path!r} does not match the model{cfg}:{diff}\nUse the '
-            'config the checkpoint was trained with, or convert the '
-            'checkpoint (tools/model_converters/)')
+        from adder_mm.models.layers import QATAdderConv2d
+        grid = tuple('.' + k for k in QATAdderConv2d.GRID_KEYS)
+        if missing and set(missing) <= unset and not unexpected + shapes:
+            advice = ("It is a float AdderNet's checkpoint, and the model's "
+                      'adder layers are quantization-aware (QATAdder): '
+                      'fine-tune it with tools/train.py (load_from), or use '
+                      'its float config')
+        elif unexpected and all(k.endswith(grid) for k in unexpected) and \
+                not missing + shapes:
+            advice = ('It is a quantization-aware (QAT) checkpoint: use its '
+                      "QAT config (conv_cfg=dict(type='QATAdder', bits=...),"
+                      ' e.g. configs/adder_r20_digits_int4_qat.py)')
+        else:
+            advice = ('Use the config the checkpoint was trained with, or '
+                      'convert the checkpoint (tools/model_converters/)')
+        raise ToolError(f'{what} {path!r} does not match the model{cfg}:'
+                        f'{diff}\n{advice}')
     return ckpt, diff
 
 

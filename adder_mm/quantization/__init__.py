@@ -6,6 +6,7 @@ from .ptq import (
                   adder_layers,
                   calibrate,
                   calibrate_qat,
+                  conversion_bits,
                   convert_structure,
                   quantize_model,
 )
@@ -13,6 +14,6 @@ from .runner import load_quantized_checkpoint
 
 __all__ = [
     'METHODS', 'CalibrationError', 'adder_layers', 'calibrate',
-    'calibrate_qat',
+    'calibrate_qat', 'conversion_bits',
     'convert_structure', 'load_quantized_checkpoint', 'quantize_model'
 ]

@@ -376,11 +376,16 @@ def check_bits(bits):
                                f'(they are stored as bytes), got {bits!r}')
 
 
-def _trained_bits(model, bits, method):
-    """``bits`` checked against the model's QAT layers (None: theirs, or 8
-    without any). QAT layers without a grid (never calibrated: a float
-    checkpoint) are quantized post-training like float ones, at any bits,
-    with a warning."""
+def conversion_bits(model, bits, method):
+    """The bits ``quantize_model`` converts ``model`` at: ``bits`` checked
+    against the model's QAT layers (None: theirs, or 8 without any), and
+    ``method`` against their grids. QAT layers without a grid (never
+    calibrated: a float checkpoint) are quantized post-training like float
+    ones, at any bits, with a warning.
+
+    Raises:
+        CalibrationError: bits or method the trained grids refuse.
+    """
     layers = qat_layers(model)
     widths = {m.bits for _, m in layers}
     trained = [n for n, m in layers if m.calibrated]
@@ -446,7 +451,7 @@ def quantize_model(model, batches, num_batches=8, bits=None, method='shared',
                                f'got {method!r}')
     if bits is not None:
         check_bits(bits)
-    bits = _trained_bits(model, bits, method)
+    bits = conversion_bits(model, bits, method)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or \
             num_groups < 1:
         raise CalibrationError('quantize: num_groups must be a positive int, '

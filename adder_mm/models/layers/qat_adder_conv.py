@@ -1,6 +1,7 @@
 """QATAdderConv2d: an adder layer trained for integer inference."""
 import contextlib
 import math
+import warnings
 
 import torch
 
@@ -164,6 +165,12 @@ class QATAdderConv2d(AdderConv2d):
             for key in keys:
                 if key in missing_keys:
                     missing_keys.remove(key)
+            # Said once per process: every QAT layer of the model loads so.
+            warnings.warn(
+                'QATAdderConv2d: a float adder checkpoint loaded into '
+                'quantization-aware layers, which have no grid now and '
+                'compute in float until calibrated (QATCalibrationHook '
+                'before training, or adder_mm.quantization.calibrate_qat)')
         if not all(present[:2]):  # none (float), or half a grid (reported)
             self.set_grid(float('nan'), float('nan'))
             return
