@@ -21,12 +21,12 @@ def calibrate_on_rank0(layers, calibrate):
     """Run ``calibrate()`` in rank 0 alone and give the QAT ``layers`` of
     every process rank 0's grids (one model everywhere). When it fails
     there, every process raises (none waits for grids that never come)."""
-    _, world = get_dist_info()
+    rank, world = get_dist_info()
     if world == 1 or not torch_dist.is_initialized():
         calibrate()
         return
     failure = None
-    if get_dist_info()[0] == 0:
+    if rank == 0:
         try:
             calibrate()
         except Exception as e:  # re-raised below, after telling the others
